@@ -1,0 +1,3 @@
+from lift_dist.cli import main
+
+raise SystemExit(main())

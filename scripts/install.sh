@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs lift-dist and its stack into the current Python environment.
+# Idempotent: a stamp keyed on the dependency files makes a repeat run take a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+# torch/torchvision are pinned here (not in pyproject) so users keep their own CUDA build;
+# these two versions install from local disk on the project's machines.
+TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
+key=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)-$(pwd | sha256sum | cut -c1-8)
+stamp="$($PY -c 'import sys; print(sys.prefix)')/.lift-dist-install-$key"
+if [ -f "$stamp" ] && $PY -c "import lift_dist, torch, open_clip, deepspeed, webdataset, ray.tune, submitit" 2>/dev/null; then
+  exit 0
+fi
+if ! $PY -c "import torch, torchvision" 2>/dev/null; then
+  $PY -m pip install -q --disable-pip-version-check $TORCH_PINS
+fi
+$PY -m pip install -q --disable-pip-version-check -e ".[dev]"
+rm -f "$($PY -c 'import sys; print(sys.prefix)')"/.lift-dist-install-* 2>/dev/null || true
+touch "$stamp"
