@@ -1,0 +1,136 @@
+"""The shard-set manifest: the contract between `shards/` (writer) and the trainer (reader).
+
+A shard directory OUT holds, per split (train, val, test, ...):
+
+    OUT/{split}-000000.tar ...        WebDataset shards; each sample has keys
+                                      `jpg` (JPEG bytes), `cls` (label as ASCII text),
+                                      `json` (image id, file name, category id, taxonomy)
+    OUT/{split}-classes.parquet       one row per label 0..C-1: label, name, count, group
+                                      (+ taxonomy columns for iNat). `count` and `group`
+                                      are always the TRAIN split's counts, also in val/test.
+    OUT/{split}-shards.parquet        one row per shard: path (file name relative to OUT),
+                                      num_samples, bytes, sha256
+    OUT/{split}-summary.json          samples, classes, imbalance_ratio, label_scheme, tool_version, ...
+    OUT/{split}-errors.parquet        only when bad items were found: item, reason
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lift_dist.errors import DataError
+
+# Head/medium/tail thresholds on TRAIN counts (LIFT): head > 100, medium 20..100, tail < 20.
+HEAD_MIN_EXCLUSIVE = 100
+TAIL_MAX_EXCLUSIVE = 20
+GROUPS = ("head", "medium", "tail")
+
+CLASS_COLUMNS = ("label", "name", "count", "group")
+SHARD_COLUMNS = ("path", "num_samples", "bytes", "sha256")
+
+
+def group_of(count: int) -> str:
+    if count > HEAD_MIN_EXCLUSIVE:
+        return "head"
+    if count >= TAIL_MAX_EXCLUSIVE:
+        return "medium"
+    return "tail"
+
+
+def classes_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"{split}-classes.parquet"
+
+
+def shards_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"{split}-shards.parquet"
+
+
+def summary_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"{split}-summary.json"
+
+
+def errors_path(root: str | os.PathLike, split: str) -> Path:
+    return Path(root) / f"{split}-errors.parquet"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+@dataclass
+class Manifest:
+    """What the trainer needs to know about one split of a shard set."""
+
+    root: Path
+    split: str
+    class_names: list[str]
+    train_counts: np.ndarray  # int64 (C,), training-split counts per label
+    groups: list[str]  # head / medium / tail per label
+    shard_files: list[Path]  # absolute paths
+    shard_samples: list[int]
+    shard_sha256: list[str]
+    summary: dict = field(default_factory=dict)
+    extra_class_columns: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_samples(self) -> int:
+        return int(sum(self.shard_samples))
+
+
+def read_manifest(root: str | os.PathLike, split: str) -> Manifest:
+    """Read and sanity-check one split's manifest; errors name the file and what is wrong."""
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"shard directory {root} does not exist")
+    cpath, spath = classes_path(root, split), shards_path(root, split)
+    for p in (cpath, spath):
+        if not p.is_file():
+            present = sorted(x.name for x in root.glob("*-shards.parquet"))
+            raise DataError(
+                f"{p} is missing: {root} holds no '{split}' split"
+                + (f" (found: {', '.join(present)})" if present else " (it holds no shard manifests at all)")
+            )
+    classes = pq.read_table(cpath).to_pydict()
+    missing = [c for c in CLASS_COLUMNS if c not in classes]
+    if missing:
+        raise DataError(f"{cpath} lacks column(s) {', '.join(missing)}")
+    labels = list(classes["label"])
+    if labels != list(range(len(labels))):
+        raise DataError(f"{cpath}: labels must be 0..{len(labels) - 1} in order")
+    shards = pq.read_table(spath).to_pydict()
+    missing = [c for c in SHARD_COLUMNS if c not in shards]
+    if missing:
+        raise DataError(f"{spath} lacks column(s) {', '.join(missing)}")
+    files = [root / p for p in shards["path"]]
+    absent = [str(f) for f in files if not f.is_file()]
+    if absent:
+        raise DataError(f"{spath} lists {len(absent)} shard(s) that do not exist, e.g. {absent[0]}")
+    if not files:
+        raise DataError(f"{spath} lists no shards")
+    summary = {}
+    if summary_path(root, split).is_file():
+        summary = json.loads(summary_path(root, split).read_text())
+    extra = {k: v for k, v in classes.items() if k not in CLASS_COLUMNS}
+    return Manifest(
+        root=root,
+        split=split,
+        class_names=[str(n) for n in classes["name"]],
+        train_counts=np.asarray(classes["count"], dtype=np.int64),
+        groups=[str(g) for g in classes["group"]],
+        shard_files=files,
+        shard_samples=[int(n) for n in shards["num_samples"]],
+        shard_sha256=[str(s) for s in shards["sha256"]],
+        summary=summary,
+        extra_class_columns=extra,
+    )
