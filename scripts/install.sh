@@ -9,7 +9,8 @@ PY=${PYTHON:-python3}
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 key=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)-$(pwd | sha256sum | cut -c1-8)
 stamp="$($PY -c 'import sys; print(sys.prefix)')/.lift-dist-install-$key"
-if [ -f "$stamp" ] && $PY -c "import lift_dist, torch, open_clip, deepspeed, webdataset, ray.tune, submitit" 2>/dev/null; then
+have_all='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("lift_dist", "torch", "torchvision", "open_clip", "deepspeed", "webdataset", "ray", "submitit", "pyarrow", "pytest_timeout")))'
+if [ -f "$stamp" ] && $PY -c "$have_all" 2>/dev/null; then
   exit 0
 fi
 if ! $PY -c "import torch, torchvision" 2>/dev/null; then

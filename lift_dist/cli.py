@@ -1,0 +1,38 @@
+"""The `lift-dist` command: one sub-command per job. User errors print one line, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lift_dist.errors import LiftError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lift_dist import demo, params
+
+    parser = argparse.ArgumentParser(prog="lift-dist", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("params", help="trainable-parameter report for a model + module (no download)")
+    params.add_arguments(p)
+    p.set_defaults(run=params.run)
+    p = sub.add_parser("demo", help="the embedded CPU demo (default job)")
+    demo.add_arguments(p)
+    p.set_defaults(run=demo.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except LiftError as e:
+        print(f"lift-dist {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

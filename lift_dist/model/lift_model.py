@@ -1,0 +1,118 @@
+"""LiftModel: frozen CLIP image encoder + lightweight modules + classifier head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from lift_dist.errors import ConfigError, DataError
+from lift_dist.model.backbone import load_clip
+from lift_dist.model.vit import PeftViT
+from lift_dist.peft import apply_peft, make_configs
+
+
+@dataclass
+class ModelConfig:
+    name: str = "ViT-B-16"
+    pretrained: str | None = None  # open_clip tag ('openai') or weights file; None = random init
+    peft: list[str] = field(default_factory=lambda: ["adaptformer"])
+    # Shared module options (None = each method's default); per-method ones go in peft_options.
+    r: int | None = None
+    alpha: float | None = None
+    layers: str | None = None
+    peft_options: dict = field(default_factory=dict)
+    head: str = "cosine"
+    scale: float = 25.0
+    head_init: str = "semantic"  # semantic | class_mean | random
+    prompt: str = "default"  # default | classname | ensemble | descriptions
+    template: str = "a photo of a {}."
+    descriptions: str | None = None  # JSON file {class name: [sentences]} for prompt=descriptions
+
+
+class LiftModel(nn.Module):
+    def __init__(self, encoder: PeftViT, head: nn.Module, peft_info: dict, config: ModelConfig, num_classes: int):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.peft_info = peft_info
+        self.config = config
+        self.num_classes = num_classes
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(images))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.encoder(images)
+
+    # ---- trainable tensors -------------------------------------------------------------------
+    def trainable_named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.trainable_named_parameters()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+        """Load exactly the trainable tensors; any mismatch is an error that says what differs."""
+        own = dict(self.trainable_named_parameters())
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} trainable tensor(s) missing (e.g. {missing[0]})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})")
+            raise DataError(
+                f"{source} does not match this model ({', '.join(parts)}): it was saved with other "
+                f"modules or options than {self.config.peft} / {self.num_classes} classes"
+            )
+        for n, t in state.items():
+            if tuple(t.shape) != tuple(own[n].shape):
+                raise DataError(f"{source}: tensor {n} has shape {tuple(t.shape)}, the model expects {tuple(own[n].shape)}")
+        with torch.no_grad():
+            for n, t in state.items():
+                own[n].copy_(t.to(own[n].dtype))
+
+    def parameter_report(self) -> dict:
+        head = sum(p.numel() for p in self.head.parameters() if p.requires_grad)
+        total_trainable = sum(p.numel() for _, p in self.trainable_named_parameters())
+        frozen = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        report = {
+            "model": self.config.name,
+            "modules": list(self.peft_info),
+            "num_classes": self.num_classes,
+            "peft": total_trainable - head,
+            "head": head,
+            "trainable": total_trainable,
+            "frozen": frozen,
+            "blocks": self.encoder.num_layers,
+            "width": self.encoder.width,
+        }
+        for info in self.peft_info.values():
+            for key in ("r", "alpha", "length"):
+                if key in info:
+                    report[key] = info[key]
+        report["per_module"] = {
+            name: {k: v for k, v in info.items() if k != "layers"} | {"layers": info.get("layers")}
+            for name, info in self.peft_info.items()
+        }
+        return report
+
+
+def build_model(config: ModelConfig, num_classes: int, clip_model=None):
+    """Build the LiftModel; returns (model, clip_model). The caller uses `clip_model` for the semantic
+    head init and then drops it (the text tower is not needed for training)."""
+    from lift_dist.heads import build_head
+
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    peft_configs = make_configs(config.peft, config.peft_options, r=config.r, alpha=config.alpha, layers=config.layers)
+    if clip_model is None:
+        clip_model = load_clip(config.name, config.pretrained)
+    clip_model.requires_grad_(False)
+    encoder = PeftViT(clip_model.visual)
+    peft_info = apply_peft(encoder, peft_configs, num_classes)
+    head = build_head(config.head, encoder.width, num_classes, scale=config.scale)
+    return LiftModel(encoder, head, peft_info, config, num_classes), clip_model

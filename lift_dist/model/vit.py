@@ -1,0 +1,169 @@
+"""The CLIP image encoder with insertion points ("sites") for lightweight modules.
+
+The frozen open_clip weights are used as they are; the block computation is written out here
+(as LIFT does) so that modules can hook into it:
+
+    x  <- prompt(x)                                   VPT
+    h  =  ssf_ln1(ln_1(x))
+    qkv = linear(h; attn_in) (+ lora_q(h), lora_v(h) on q, v); qkv = ssf_attn_in(qkv)
+    o  =  ssf_attn_out(linear(sdpa(q, k, v); attn_out))
+    x  =  x + ls_1(o)
+    h  =  ssf_ln2(ln_2(x))
+    f  =  ssf_mlp_out(linear(act(ssf_mlp_in(linear(h; mlp_in))); mlp_out))
+    f  =  f + adapter(f)                              sequential Adapter
+    out = x + ls_2(f) + adaptformer(x)                parallel AdaptFormer (reads pre-ln_2 stream)
+
+`linear(...; name)` uses the frozen weight unless a weight provider for `name` is installed
+(sparse fine-tuning replaces a fraction of the entries with trainable values).
+The output is ln_post(CLS) *before* the visual projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lift_dist.errors import ConfigError
+
+SITES = (
+    "prompt",
+    "ssf_ln1",
+    "lora_q",
+    "lora_v",
+    "ssf_attn_in",
+    "ssf_attn_out",
+    "ssf_ln2",
+    "ssf_mlp_in",
+    "ssf_mlp_out",
+    "adapter",
+    "adaptformer",
+)
+LINEARS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+
+
+class PeftBlock(nn.Module):
+    """One open_clip ResidualAttentionBlock, computed explicitly, with optional modules at sites."""
+
+    def __init__(self, block: nn.Module, index: int):
+        super().__init__()
+        attn = getattr(block, "attn", None)
+        if not isinstance(attn, nn.MultiheadAttention) or not hasattr(block, "mlp"):
+            raise ConfigError(
+                f"block {index} is a {type(block).__name__} with {type(attn).__name__} attention; "
+                "lift-dist supports open_clip ViTs built from ResidualAttentionBlock + nn.MultiheadAttention "
+                "(OpenAI/LAION CLIP ViTs)"
+            )
+        mlp_keys = [k for k, _ in block.mlp.named_children()]
+        if mlp_keys != ["c_fc", "gelu", "c_proj"]:
+            raise ConfigError(f"block {index}: unsupported MLP layout {mlp_keys} (expected c_fc, gelu, c_proj)")
+        self.index = index
+        self.block = block
+        self.num_heads = attn.num_heads
+        self.sites = nn.ModuleDict()
+        self.weights = nn.ModuleDict()  # LINEARS name -> module whose forward(w, b) returns (w, b)
+
+    def add(self, site: str, module: nn.Module, owner: str) -> None:
+        if site not in SITES:
+            raise ValueError(f"unknown site {site}")
+        if site in self.sites:
+            raise ConfigError(f"block {self.index}: two modules want site '{site}' ({owner} and another)")
+        self.sites[site] = module
+
+    def set_weight_provider(self, name: str, module: nn.Module) -> None:
+        if name in self.weights:
+            raise ConfigError(f"block {self.index}: weights of '{name}' are already replaced")
+        self.weights[name] = module
+
+    def frozen_linear(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.block
+        if name == "attn_in":
+            return b.attn.in_proj_weight, b.attn.in_proj_bias
+        if name == "attn_out":
+            return b.attn.out_proj.weight, b.attn.out_proj.bias
+        if name == "mlp_in":
+            return b.mlp.c_fc.weight, b.mlp.c_fc.bias
+        if name == "mlp_out":
+            return b.mlp.c_proj.weight, b.mlp.c_proj.bias
+        raise KeyError(name)
+
+    def _linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        w, b = self.frozen_linear(name)
+        if name in self.weights:
+            w, b = self.weights[name](w, b)
+        return F.linear(x, w, b)
+
+    def _site(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        m = self.sites[name] if name in self.sites else None
+        return x if m is None else m(x)
+
+    def forward(self, x: torch.Tensor, seq_len: int) -> torch.Tensor:  # x: (B, N, D)
+        s, blk = self.sites, self.block
+        if "prompt" in s:
+            x = s["prompt"](x, seq_len)
+        h = self._site("ssf_ln1", blk.ln_1(x))
+        qkv = self._linear("attn_in", h)
+        if "lora_q" in s or "lora_v" in s:
+            q, k, v = qkv.chunk(3, dim=-1)
+            if "lora_q" in s:
+                q = q + s["lora_q"](h)
+            if "lora_v" in s:
+                v = v + s["lora_v"](h)
+            qkv = torch.cat([q, k, v], dim=-1)
+        qkv = self._site("ssf_attn_in", qkv)
+        bsz, n, three_d = qkv.shape
+        d = three_d // 3
+        q, k, v = qkv.view(bsz, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, k, v)  # fused kernel; default scale 1/sqrt(head_dim)
+        o = o.transpose(1, 2).reshape(bsz, n, d)
+        o = self._site("ssf_attn_out", self._linear("attn_out", o))
+        x = x + blk.ls_1(o)
+        h = self._site("ssf_ln2", blk.ln_2(x))
+        u = blk.mlp.gelu(self._site("ssf_mlp_in", self._linear("mlp_in", h)))
+        f = self._site("ssf_mlp_out", self._linear("mlp_out", u))
+        if "adapter" in s:
+            f = f + s["adapter"](f)
+        out = x + blk.ls_2(f)
+        if "adaptformer" in s:
+            out = out + s["adaptformer"](x)
+        return out
+
+
+class PeftViT(nn.Module):
+    """open_clip VisionTransformer weights + PeftBlocks; returns the pre-projection CLS feature."""
+
+    def __init__(self, visual: nn.Module):
+        super().__init__()
+        if type(visual).__name__ != "VisionTransformer":
+            raise ConfigError(f"the image tower is a {type(visual).__name__}; lift-dist needs an open_clip ViT")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ConfigError("only ViTs pooled by the CLS token (pool_type 'tok', no attentional pooling) are supported")
+        self.conv1 = visual.conv1
+        self.class_embedding = visual.class_embedding
+        self.positional_embedding = visual.positional_embedding
+        self.ln_pre = visual.ln_pre
+        self.ln_post = visual.ln_post
+        # Kept (frozen) for the semantic head init, which maps text features back through projᵀ.
+        self.proj = visual.proj
+        self.blocks = nn.ModuleList(PeftBlock(b, i) for i, b in enumerate(visual.transformer.resblocks))
+        self.width = self.ln_post.weight.numel()
+        self.patch_size = self.conv1.kernel_size[0]
+        self.image_size = int(round((self.positional_embedding.shape[0] - 1) ** 0.5)) * self.patch_size
+        self.seq_len = self.positional_embedding.shape[0]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x.to(self.conv1.weight.dtype))
+        x = x.flatten(2).transpose(1, 2)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.embed(images)
+        for blk in self.blocks:
+            x = blk(x, self.seq_len)
+        return self.ln_post(x[:, 0])

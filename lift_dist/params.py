@@ -1,0 +1,54 @@
+"""`lift-dist params`: the trainable-parameter report, built from a randomly initialised model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lift_dist.model.lift_model import ModelConfig, build_model
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="ViT-B-16", help="open_clip model name (or 'tiny')")
+    p.add_argument("--peft", default="adaptformer", help="module(s), comma-separated, e.g. adaptformer or lora,ssf")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--r", type=int, default=None, help="bottleneck r (adaptformer, adapter, lora)")
+    p.add_argument("--alpha", type=float, default=None, help="sparse fraction α in (0, 1]")
+    p.add_argument("--layers", default=None, help="all | none | last:K | 0,5,11")
+    p.add_argument("--head", default="cosine")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def parameter_report(cfg: ModelConfig, num_classes: int) -> dict:
+    model, _ = build_model(cfg, num_classes)
+    return model.parameter_report()
+
+
+def format_table(rep: dict) -> str:
+    rows = [
+        ("model", rep["model"]),
+        ("modules", ", ".join(rep["modules"])),
+        ("classes", f"{rep['num_classes']:,}"),
+    ]
+    for key in ("r", "alpha", "length"):
+        if key in rep:
+            rows.append((key, str(rep[key])))
+    rows += [
+        ("module parameters", f"{rep['peft']:,}"),
+        ("head parameters", f"{rep['head']:,}"),
+        ("trainable total", f"{rep['trainable']:,}"),
+        ("frozen", f"{rep['frozen']:,}"),
+        ("trainable share", f"{100 * rep['trainable'] / max(1, rep['trainable'] + rep['frozen']):.3f}%"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = ModelConfig(
+        name=args.model, pretrained=None, peft=args.peft.split(","), r=args.r, alpha=args.alpha,
+        layers=args.layers, head=args.head, head_init="random",
+    )
+    rep = parameter_report(cfg, args.num_classes)
+    print(json.dumps(rep, indent=2) if args.json else format_table(rep))
+    return 0

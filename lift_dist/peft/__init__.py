@@ -1,0 +1,78 @@
+"""Lightweight fine-tuning methods, one file each, registered by name.
+
+    from lift_dist.peft import make_configs, apply_peft
+    configs = make_configs(["adaptformer"], r=64)
+    info = apply_peft(vit, configs, num_classes=1000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lift_dist.errors import ConfigError, choices
+from lift_dist.peft.adapter import Adapter
+from lift_dist.peft.adaptformer import AdaptFormer
+from lift_dist.peft.base import PeftConfig, PeftMethod, select_layers
+from lift_dist.peft.bitfit import BitFit
+from lift_dist.peft.full import Full, HeadOnly, Partial
+from lift_dist.peft.layernorm import LayerNormTuning
+from lift_dist.peft.lora import Lora
+from lift_dist.peft.sparse import Sparse
+from lift_dist.peft.ssf import Ssf
+from lift_dist.peft.vpt import VptDeep, VptShallow
+
+REGISTRY: dict[str, type[PeftMethod]] = {
+    m.name: m
+    for m in (AdaptFormer, Adapter, Lora, VptShallow, VptDeep, BitFit, LayerNormTuning, Ssf, Sparse, Partial, Full, HeadOnly)
+}
+DEFAULT = "adaptformer"
+
+
+def method_class(name: str) -> type[PeftMethod]:
+    if name not in REGISTRY:
+        raise ConfigError(f"unknown lightweight module '{name}'; valid: {choices(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def make_configs(names: list[str] | str, options: dict[str, dict] | None = None, **shared) -> list[tuple[str, PeftConfig]]:
+    """Build one config per method. `shared` (e.g. r=64, alpha=0.01, layers='last:6', length=20) goes to
+    every method whose config has that field, and must fit at least one of them; `options[name]` is
+    per-method and wins."""
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        names = ["none"]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a module is listed twice in {names}")
+    if "none" in names and len(names) > 1:
+        raise ConfigError("'none' (head only) cannot be combined with other modules")
+    options = options or {}
+    unknown = [k for k in options if k not in names]
+    if unknown:
+        raise ConfigError(f"options given for '{unknown[0]}', which is not among the chosen modules {names}")
+    shared = {k: v for k, v in shared.items() if v is not None}
+    used: set[str] = set()
+    out = []
+    for name in names:
+        cls = method_class(name)
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        kwargs = {k: v for k, v in shared.items() if k in fields}
+        used |= set(kwargs)
+        extra = options.get(name, {})
+        bad = [k for k in extra if k not in fields]
+        if bad:
+            raise ConfigError(f"{name} has no option '{bad[0]}'; its options: {choices(fields)}")
+        kwargs.update(extra)
+        out.append((name, cls.config_class(**kwargs)))
+    ignored = [k for k in shared if k not in used]
+    if ignored:
+        raise ConfigError(f"option '{ignored[0]}' does not apply to {', '.join(names)}")
+    return out
+
+
+def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> dict[str, dict]:
+    """Attach every method to the (already frozen) encoder; return per-method facts."""
+    return {name: method_class(name)(cfg).apply(vit, num_classes) for name, cfg in configs}
+
+
+__all__ = ["REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "apply_peft", "method_class", "select_layers"]

@@ -1,0 +1,56 @@
+"""AdaptFormer (LIFT's default): a bottleneck MLP parallel to each block's FFN.
+
+out = x + FFN(ln_2(x)) + s · Up(ReLU(Down(LN(x)))), reading the pre-ln_2 residual stream.
+As in LIFT (and unlike the original AdaptFormer) it has its own LayerNorm and a learnable scale s
+starting at 1; Up is zero-initialised, so the block starts as the exact identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from lift_dist.peft.base import PeftConfig, PeftMethod, check_r, default_bottleneck
+
+
+@dataclass
+class AdaptFormerConfig(PeftConfig):
+    r: int | None = None  # None: 2^floor(log2(C / 2L)) over the selected blocks
+
+
+class Bottleneck(nn.Module):
+    """LN -> Down(D->r) -> ReLU -> Up(r->D), optionally times a learnable scalar."""
+
+    def __init__(self, dim: int, r: int, learnable_scale: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.down = nn.Linear(dim, r)
+        self.up = nn.Linear(r, dim)
+        # LIFT: kaiming_normal(a=sqrt(5)) on the down weight => std 1/sqrt(3D); zeros elsewhere.
+        nn.init.kaiming_normal_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        # 1-element like LIFT's; it is weight-decayed like every trainable tensor there.
+        self.scale = nn.Parameter(torch.ones(1)) if learnable_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.up(torch.relu(self.down(self.norm(x))))
+        return y * self.scale if self.scale is not None else y
+
+
+class AdaptFormer(PeftMethod):
+    name = "adaptformer"
+    config_class = AdaptFormerConfig
+    identity_at_init = True
+
+    def apply(self, vit, num_classes: int) -> dict:
+        check_r(self.config.r, self.name)
+        layers = self.layers(vit)
+        r = self.config.r or default_bottleneck(num_classes, len(layers))
+        for i in layers:
+            vit.blocks[i].add("adaptformer", Bottleneck(vit.width, r, learnable_scale=True), self.name)
+        return {"r": r, "layers": layers}

@@ -1,0 +1,50 @@
+"""LoRA on the attention's q and v projections: q += (h A B) / r, v likewise, h = ln_1(x).
+
+LIFT's choices are kept because they set the effective learning rate: scaling 1/r with no alpha, and
+A drawn with kaiming_uniform(a=sqrt(5)) on a (D, r) tensor, whose fan-in is r, so A ~ U(±1/sqrt(r)).
+B is zero, so the model starts as the exact identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from lift_dist.peft.base import PeftConfig, PeftMethod, check_r, default_bottleneck
+
+
+@dataclass
+class LoraConfig(PeftConfig):
+    r: int | None = None
+    # Default r = 2^floor(log2(C / (divisor * L))): LIFT uses 2, LIFT+ uses 4.
+    divisor: int = 2
+
+
+class LowRankDelta(nn.Module):
+    def __init__(self, dim: int, r: int):
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(dim, r))
+        self.lora_B = nn.Parameter(torch.zeros(r, dim))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scaling = 1.0 / r
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h @ self.lora_A @ self.lora_B) * self.scaling
+
+
+class Lora(PeftMethod):
+    name = "lora"
+    config_class = LoraConfig
+    identity_at_init = True
+
+    def apply(self, vit, num_classes: int) -> dict:
+        check_r(self.config.r, self.name)
+        layers = self.layers(vit)
+        r = self.config.r or default_bottleneck(num_classes, len(layers), self.config.divisor)
+        for i in layers:
+            vit.blocks[i].add("lora_q", LowRankDelta(vit.width, r), self.name)
+            vit.blocks[i].add("lora_v", LowRankDelta(vit.width, r), self.name)
+        return {"r": r, "layers": layers}

@@ -1,0 +1,59 @@
+"""Visual prompt tuning (LIFT's variant): learnable tokens appended after the patch tokens.
+
+Each prompted block first truncates the sequence to the original tokens (dropping an earlier block's
+prompts), then appends its own. Shallow = one prompt before block 0, carried through every block;
+deep = a fresh prompt before each selected block. Prompts get no positional embedding.
+Init uniform(±sqrt(6 / (3·p² + D))), p the patch size, length 10 (LIFT).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from lift_dist.errors import ConfigError
+from lift_dist.peft.base import PeftConfig, PeftMethod
+
+
+@dataclass
+class VptConfig(PeftConfig):
+    length: int = 10
+
+
+class Prompt(nn.Module):
+    def __init__(self, length: int, dim: int, patch_size: int):
+        super().__init__()
+        bound = math.sqrt(6.0 / (3 * patch_size * patch_size + dim))
+        self.tokens = nn.Parameter(torch.empty(length, dim).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor, seq_len: int) -> torch.Tensor:
+        p = self.tokens.to(x.dtype).expand(x.shape[0], -1, -1)
+        return torch.cat([x[:, :seq_len], p], dim=1)
+
+
+class _Vpt(PeftMethod):
+    config_class = VptConfig
+
+    def _add(self, vit, layers: list[int]) -> dict:
+        if self.config.length < 1:
+            raise ConfigError(f"{self.name}: prompt length must be >= 1, got {self.config.length}")
+        for i in layers:
+            vit.blocks[i].add("prompt", Prompt(self.config.length, vit.width, vit.patch_size), self.name)
+        return {"length": self.config.length, "layers": layers}
+
+
+class VptShallow(_Vpt):
+    name = "vpt-shallow"
+
+    def apply(self, vit, num_classes: int) -> dict:
+        return self._add(vit, [0])  # shallow is by definition the input of block 0
+
+
+class VptDeep(_Vpt):
+    name = "vpt-deep"
+
+    def apply(self, vit, num_classes: int) -> dict:
+        return self._add(vit, self.layers(vit))
