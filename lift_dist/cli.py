@@ -9,13 +9,16 @@ from lift_dist.errors import LiftError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lift_dist import demo, params
+    from lift_dist import demo, params, train
 
     parser = argparse.ArgumentParser(prog="lift-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("params", help="trainable-parameter report for a model + module (no download)")
     params.add_arguments(p)
     p.set_defaults(run=params.run)
+    p = sub.add_parser("train", help="train on a shard directory (one process, or one of N under torchrun/srun)")
+    train.add_arguments(p)
+    p.set_defaults(run=train.run)
     p = sub.add_parser("demo", help="the embedded CPU demo (default job)")
     demo.add_arguments(p)
     p.set_defaults(run=demo.run)

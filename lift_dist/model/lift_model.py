@@ -95,10 +95,17 @@ class LiftModel(nn.Module):
                 if key in info:
                     report[key] = info[key]
         report["per_module"] = {
-            name: {k: v for k, v in info.items() if k != "layers"} | {"layers": info.get("layers")}
+            name: {k: v for k, v in info.items() if k != "layers"} | ({"layers": _span(info["layers"])} if "layers" in info else {})
             for name, info in self.peft_info.items()
         }
         return report
+
+
+def _span(layers: list[int]) -> str:
+    """Compact block list for reports: [0..11] -> '0-11', [0, 5] -> '0,5'."""
+    if layers and layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers)) or "none"
 
 
 def build_model(config: ModelConfig, num_classes: int, clip_model=None):

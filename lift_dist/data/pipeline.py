@@ -1,0 +1,210 @@
+"""WebDataset input pipeline for training and evaluation.
+
+Per epoch, on every rank alike: the shard list is shuffled with (seed, epoch); rank r takes every
+world-th shard, and data-loader worker w every num_workers-th of those. Each worker reads its tars,
+shuffles samples through a seeded buffer, then decodes (after the shuffle, so the buffer holds bytes)
+and transforms. The main process re-batches to exact micro-batches.
+
+Augmentation randomness is seeded per sample from (seed, epoch, sample key), so a run is reproducible
+whatever the number of workers, and a resumed epoch replays exactly.
+
+Epoch modes: `exact` reads every shard once per epoch (ranks may hold different sample counts; the
+trainer pads the shorter ranks with zero-weight batches so all ranks take the same number of steps);
+`resampled` draws shards with replacement, each rank yielding ceil(N / world) samples.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import random
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import webdataset as wds
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from lift_dist.data.manifest import Manifest
+from lift_dist.errors import DataError
+
+# Only these keys are ever decoded; anything else in a shard is ignored (nothing is unpickled).
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def _stable_seed(*parts) -> int:
+    return zlib.crc32(":".join(str(p) for p in parts).encode())
+
+
+@dataclass
+class ShardPlan:
+    """Which shards each rank reads in an epoch; identical on every rank (no communication)."""
+
+    num_shards: int
+    shard_samples: list[int]
+    seed: int
+    world: int
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        order = list(range(self.num_shards))
+        random.Random(_stable_seed("shards", self.seed, epoch)).shuffle(order)
+        return order
+
+    def rank_shards(self, epoch: int, rank: int, shuffle: bool = True) -> list[int]:
+        order = self.epoch_order(epoch) if shuffle else list(range(self.num_shards))
+        return order[rank :: self.world]
+
+    def rank_samples(self, epoch: int, rank: int, shuffle: bool = True) -> int:
+        return sum(self.shard_samples[i] for i in self.rank_shards(epoch, rank, shuffle))
+
+
+def check_shard_count(manifest: Manifest, world: int, workers: int, what: str) -> None:
+    n = len(manifest.shard_files)
+    if n < world * max(1, workers):
+        raise DataError(
+            f"{what}: {manifest.root} has {n} '{manifest.split}' shard(s) but {world} rank(s) × "
+            f"{max(1, workers)} data worker(s) need at least {world * max(1, workers)}: every worker "
+            f"must read at least one shard. Use fewer workers (data.workers) or rebuild the shards "
+            f"smaller (shards/build.py --shard-size)."
+        )
+
+
+def decode_sample(sample: dict, num_classes: int) -> tuple[Image.Image, int, str]:
+    key = sample.get("__key__", "?")
+    where = f"sample '{key}' in {sample.get('__url__', '?')}"
+    img_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if img_key is None or "cls" not in sample:
+        raise DataError(f"{where} lacks an image or a 'cls' entry (has: {', '.join(k for k in sample if not k.startswith('__'))})")
+    try:
+        label = int(sample["cls"].decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        raise DataError(f"{where}: 'cls' is not an integer label: {sample['cls'][:20]!r}") from None
+    if not 0 <= label < num_classes:
+        raise DataError(f"{where}: label {label} is outside 0..{num_classes - 1} of the manifest")
+    try:
+        img = Image.open(io.BytesIO(sample[img_key])).convert("RGB")
+    except Exception as e:
+        raise DataError(f"{where}: image cannot be decoded ({type(e).__name__}: {e})") from None
+    return img, label, key
+
+
+class ShardStream(IterableDataset):
+    """One rank's stream of (images, labels, sample keys) chunks for the current epoch."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        plan: ShardPlan,
+        rank: int,
+        epoch_value,  # object with .get() (SharedEpoch) shared with persistent workers
+        transform: Callable,
+        *,
+        train: bool,
+        num_classes: int,
+        shuffle_buffer: int = 2000,
+        resampled: bool = False,
+        seed: int = 0,
+        samples_per_rank: int | None = None,
+        chunk: int = 16,
+    ):
+        super().__init__()
+        self.files = [str(f) for f in manifest.shard_files]
+        self.expected = {str(f): n for f, n in zip(manifest.shard_files, manifest.shard_samples)}
+        self.plan, self.rank, self.epoch_value = plan, rank, epoch_value
+        self.transform, self.train, self.num_classes = transform, train, num_classes
+        self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
+        self.samples_per_rank, self.chunk = samples_per_rank, chunk
+
+    def _urls(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict]:
+        if self.resampled:
+            rng = random.Random(_stable_seed("resample", self.seed, epoch, self.rank, worker))
+            while True:
+                yield {"url": self.files[rng.randrange(len(self.files))]}
+        mine = self.plan.rank_shards(epoch, self.rank, shuffle=self.train)[worker::num_workers]
+        for i in mine:
+            yield {"url": self.files[i]}
+
+    def _quota(self, worker: int, num_workers: int) -> int | None:
+        if not self.resampled:
+            return None
+        total = self.samples_per_rank
+        return total // num_workers + (1 if worker < total % num_workers else 0)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
+        epoch = int(self.epoch_value.get())
+        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(self._urls(epoch, worker, num_workers))
+        if self.train and self.shuffle_buffer > 1:
+            rng = random.Random(_stable_seed("buffer", self.seed, epoch, self.rank, worker))
+            samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(samples)
+        quota = self._quota(worker, num_workers)
+        seen: dict[str, int] = {}
+        images, labels, keys = [], [], []
+        produced = 0
+        for sample in samples:
+            if quota is not None and produced >= quota:
+                break
+            url = sample.get("__url__", "?")
+            seen[url] = seen.get(url, 0) + 1
+            img, label, key = decode_sample(sample, self.num_classes)
+            if self.train:
+                # Per-sample seed: augmentation independent of worker count and replayable.
+                torch.manual_seed(_stable_seed("aug", self.seed, epoch, key, seen[url] if self.resampled else 0))
+            images.append(self.transform(img))
+            labels.append(label)
+            keys.append(key)
+            produced += 1
+            if len(images) == self.chunk:
+                yield torch.stack(images), torch.tensor(labels), keys
+                images, labels, keys = [], [], []
+        if images:
+            yield torch.stack(images), torch.tensor(labels), keys
+        if not self.resampled:
+            for url, n in seen.items():
+                if n != self.expected.get(url, n):
+                    raise DataError(f"shard {url} holds {n} samples but its manifest says {self.expected[url]}; rebuild or re-verify the shard set")
+
+
+def rebatch(chunks: Iterator[tuple], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Re-cut worker chunks into exact batches (the last may be short)."""
+    imgs, labels, keys, n = [], [], [], 0
+    for x, y, k in chunks:
+        imgs.append(x)
+        labels.append(y)
+        keys.extend(k)
+        n += len(y)
+        while n >= batch_size:
+            X, Y = torch.cat(imgs), torch.cat(labels)
+            yield X[:batch_size], Y[:batch_size], keys[:batch_size]
+            imgs, labels, keys, n = [X[batch_size:]], [Y[batch_size:]], keys[batch_size:], n - batch_size
+    if n:
+        yield torch.cat(imgs), torch.cat(labels), keys
+
+
+def make_loader(stream: ShardStream, workers: int) -> DataLoader:
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def steps_in_epoch(counts: list[int], micro: int, accum: int) -> int:
+    """Optimizer steps per epoch when every rank must take the same number of micro-steps."""
+    micro_steps = max(math.ceil(c / micro) for c in counts)
+    return math.ceil(micro_steps / accum)
+
+
+def sample_weights_for_step(counts: list[int], micro: int, accum: int, step: int) -> int:
+    """Real (non-padding) samples over all ranks in optimizer step `step` of an epoch."""
+    total = 0
+    for c in counts:
+        lo = step * accum * micro
+        total += max(0, min(c, lo + accum * micro) - lo)
+    return total

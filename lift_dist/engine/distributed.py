@@ -1,0 +1,110 @@
+"""Process-group set-up from whichever launcher started us: torchrun / the deepspeed launcher (RANK,
+WORLD_SIZE, LOCAL_RANK), Slurm's srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID), or a plain
+single process."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from lift_dist.errors import ConfigError
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    launcher: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def slurm_master_addr(nodelist: str) -> str:
+    """First host of the job's node list (scontrol expands e.g. 'n[1-4]')."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30)
+        return out.stdout.split()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return nodelist.split(",")[0].split("[")[0]
+
+
+def slurm_master_port(job_id: str) -> int:
+    # Derived from the job id so that jobs sharing a node do not clash; same on every task.
+    return 20000 + int(job_id) % 20000
+
+
+def detect() -> tuple[int, int, int, str]:
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun"
+    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
+        world = int(env["SLURM_STEP_NUM_TASKS"])
+        rank, local = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))
+        env.setdefault("MASTER_ADDR", slurm_master_addr(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "localhost"))))
+        env.setdefault("MASTER_PORT", str(slurm_master_port(env.get("SLURM_JOB_ID", "0"))))
+        env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(rank), str(world), str(local)
+        return rank, world, local, "slurm"
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    env.setdefault("MASTER_PORT", str(free_port()))
+    env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = "0", "1", "0"
+    return 0, 1, 0, "single"
+
+
+def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
+    rank, world, local, launcher = detect()
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was requested but no CUDA GPU is visible")
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev, backend = torch.device("cuda", torch.cuda.current_device()), "nccl"
+    else:
+        dev, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        import deepspeed
+
+        deepspeed.init_distributed(
+            dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
+    return DistInfo(rank, world, local, dev, backend, launcher)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum_(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """In-place SUM over ranks of a CPU tensor (NCCL needs it on the GPU for the reduction)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    x = t.to(device)
+    dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    t.copy_(x.to(t.device))
+    return t
+
+
+def broadcast_(t: torch.Tensor, device: torch.device, src: int = 0) -> torch.Tensor:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return t
+    x = t.to(device)
+    dist.broadcast(x, src=src)
+    t.copy_(x.to(t.device))
+    return t

@@ -1,0 +1,101 @@
+"""Distributed evaluation: each rank reads its share of the eval shards; per-class counts are summed."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from lift_dist.data.manifest import Manifest
+from lift_dist.engine.distributed import all_reduce_sum_
+from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.metrics import MetricAccumulator
+from lift_dist.transforms import average_crop_logits, eval_transform, tte_transform
+
+
+class _ConstEpoch:
+    def get(self) -> int:
+        return 0
+
+
+def autocast_context(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    manifest: Manifest,
+    train_counts,
+    *,
+    resolution: int,
+    interpolation: str,
+    tte: bool,
+    tte_mode: str = "fivecrop",
+    tte_expand: int = 24,
+    batch_size: int = 64,
+    workers: int = 1,
+    rank: int = 0,
+    world: int = 1,
+    device: torch.device = torch.device("cpu"),
+    precision: str = "fp32",
+) -> dict:
+    """Return metrics (overall, mean_class, head, medium, tail, per_class ...) over the whole split."""
+    num_classes = len(train_counts)
+    transform = (
+        tte_transform(resolution, mode=tte_mode, expand=tte_expand, interpolation=interpolation)
+        if tte
+        else eval_transform(resolution, interpolation=interpolation)
+    )
+    plan = ShardPlan(len(manifest.shard_files), manifest.shard_samples, seed=0, world=world)
+    workers = max(0, min(workers, len(plan.rank_shards(0, rank, shuffle=False))))
+    stream = ShardStream(manifest, plan, rank, _ConstEpoch(), transform, train=False, num_classes=num_classes)
+    loader = make_loader(stream, workers)
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(num_classes)
+    for images, labels, _ in rebatch(iter(loader), batch_size):
+        images = images.to(device, non_blocking=True)
+        with autocast_context(device, precision):
+            logits = average_crop_logits(model, images) if tte else model(images)
+        acc.update(logits.float().argmax(dim=1).cpu(), labels)
+    del loader
+    model.train(was_training)
+    for t in (acc.correct, acc.total):
+        all_reduce_sum_(t, device)
+    return acc.compute(train_counts)
+
+
+def load_run(run_dir, checkpoint_dir=None, num_classes: int | None = None):
+    """Rebuild a trained model from RUN/config.yaml (base open_clip weights by name) and its
+    trainable-only checkpoint. Returns (model, config)."""
+    from pathlib import Path
+
+    import yaml
+
+    from lift_dist.config import load_config
+    from lift_dist.engine import checkpoint
+    from lift_dist.errors import DataError
+    from lift_dist.model.lift_model import build_model
+
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise DataError(f"{run_dir} is not a lift-dist run directory (no config.yaml)")
+    cfg = load_config(config_file=str(cfg_file))
+    path = checkpoint.resolve(run_dir, checkpoint_dir or "latest")
+    if path is None:
+        raise DataError(f"{run_dir} has no checkpoint yet")
+    state = checkpoint.load_trainable(path)
+    head_rows = [t.shape[0] for k, t in state.items() if k == "head.weight"]
+    C = num_classes or (head_rows[0] if head_rows else None)
+    if C is None:
+        raise DataError(f"{path}: no head.weight in the checkpoint")
+    cfg.model.head_init = "random"
+    model, clip = build_model(cfg.model, C)
+    del clip
+    model.load_trainable_state_dict(state, source=str(path))
+    model.eval()
+    return model, cfg
