@@ -160,7 +160,7 @@ def follow(job) -> int:
     except Exception as e:  # the job's own error, as submitit reports it
         print(f"job {job.job_id} ended in state {state}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", file=sys.stderr)
         return 1
-    print(f"job {job.job_id} finished ({state})")
+    print(f"job {job.job_id} finished successfully")
     return 0
 
 

@@ -194,7 +194,8 @@ def make_trainable():
             self.launch_args: list[str] = config.get("_launch_args", [])
             self.metric: str = config["_metric"]
             self.epochs: int = config["_epochs"]
-            self.run_dir = Path(self.trial_dir if hasattr(self, "trial_dir") else self.logdir) / "run"
+            # Runs live under SWEEP/runs/<trial id>, not in Ray's (possibly staged) trial directory.
+            self.run_dir = Path(config["_runs_root"]) / self.trial_id
             self.proc = self.job = None
             self.reported = 0
             self._launch(resume=False)
@@ -207,11 +208,11 @@ def make_trainable():
 
         def _launch(self, resume: bool):
             if self.backend == "local":
-                log = open(self.run_dir.parent / "train.log", "a")
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                log = open(self.run_dir / "train.log", "a")
                 env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(self.params.get("_cpus", 1)))))
                 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
                     env.pop(k, None)
-                self.run_dir.mkdir(parents=True, exist_ok=True)
                 self.proc = subprocess.Popen([sys.executable, "-m", "lift_dist.train", *self._argv(resume)],
                                              stdout=log, stderr=subprocess.STDOUT, env=env)
             else:
@@ -220,7 +221,7 @@ def make_trainable():
 
                 p = argparse.ArgumentParser()
                 add_arguments(p)
-                largs = p.parse_args([*self.launch_args, "--folder", str(self.run_dir.parent / "slurm-%j")])
+                largs = p.parse_args([*self.launch_args, "--folder", str(self.run_dir / "slurm-%j")])
                 self.job = make_executor(largs).submit(TrainTask(self._argv(False)))  # the task resumes itself
 
         def _running(self) -> bool:
@@ -230,7 +231,7 @@ def make_trainable():
 
         def _failed(self) -> str | None:
             if self.proc is not None:
-                return None if self.proc.returncode == 0 else f"training exited with {self.proc.returncode}; see {self.run_dir.parent / 'train.log'}"
+                return None if self.proc.returncode == 0 else f"training exited with {self.proc.returncode}; see {self.run_dir / 'train.log'}"
             try:
                 self.job.result()
                 return None
@@ -313,7 +314,7 @@ def run_sweep(args, train_args: list[str]) -> dict:
         trial_args += ["--set", o]
     epochs = load_config(args.preset, None, [o for a, o in zip(trial_args, trial_args[1:]) if a == "--set"]).optim.epochs
     param_space = to_tune(space) | {"_train_args": trial_args, "_backend": args.backend, "_metric": args.metric,
-                                    "_epochs": epochs, "_launch_args": list(args.launch_args or []), "_cpus": args.cpus_per_trial}
+                                    "_epochs": epochs, "_runs_root": str(out / "runs"), "_launch_args": list(args.launch_args or []), "_cpus": args.cpus_per_trial}
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=args.grace_period, reduction_factor=2)
                  if args.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(make_trainable(), {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
@@ -351,11 +352,11 @@ def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
         cfg = {k: v for k, v in r.config.items() if not k.startswith("_")}
         m = r.metrics or {}
         rows.append({
-            "trial_id": m.get("trial_id") or Path(r.path).name, **{k: cfg.get(k) for k in space},
+            "trial_id": m.get("trial_id"), **{k: cfg.get(k) for k in space},
             **{k: m.get(k) for k in METRICS}, "epochs_run": m.get("training_iteration"),
             # A trial ASHA ended early has no `done` flag in its last result.
             "status": "error" if r.error else ("completed" if m.get("done") else "stopped"),
-            "run_dir": str(Path(r.path) / "run"),
+            "run_dir": str(out / "runs" / str(m.get("trial_id"))),
         })
     table = {k: [row[k] for row in rows] for k in rows[0]} if rows else {}
     pq.write_table(pa.table(table), out / "results.parquet")
@@ -391,7 +392,9 @@ def evaluate_best_on_test(run_dir: Path, shards: Path, base) -> dict:
     res = cfg.data.resolution or model.encoder.image_size
     m = evaluate(model, test_m, train_m.train_counts, resolution=res, interpolation=cfg.data.interpolation,
                  tte=base.data.tte, tte_mode=base.data.tte_mode, tte_expand=base.data.tte_expand, workers=1)
-    return {k: m[k] for k in METRICS} | {"split": test_m.split, "tte": base.data.tte}
+    from lift_dist.engine.trainer import summary_metrics
+
+    return summary_metrics(m) | {"split": test_m.split, "tte": base.data.tte}
 
 
 def plot_results(rows: list[dict], space: dict, metric: str, path: Path) -> None:

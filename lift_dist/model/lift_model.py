@@ -117,7 +117,11 @@ def build_model(config: ModelConfig, num_classes: int, clip_model=None):
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     peft_configs = make_configs(config.peft, config.peft_options, r=config.r, alpha=config.alpha, layers=config.layers)
     if clip_model is None:
-        clip_model = load_clip(config.name, config.pretrained)
+        # A randomly initialised backbone (tests, `tiny`) must be the same in every process and in
+        # every later `predict`, so it is drawn from a fixed seed without touching the global RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            clip_model = load_clip(config.name, config.pretrained)
     clip_model.requires_grad_(False)
     encoder = PeftViT(clip_model.visual)
     peft_info = apply_peft(encoder, peft_configs, num_classes)

@@ -1,0 +1,230 @@
+"""Image transforms on PIL images (torchvision.transforms v1 throughout).
+
+- `lift_train_transform`: LIFT's RandomResizedCrop + flip (LIFT §6).
+- `minimalist_train_transform`: LIFT+'s minimalist augmentation (MDA, LIFT+ §2): a square crop whose
+  minimum area rises with the epoch. The epoch is read from an explicit value (`SharedEpoch`, shared
+  memory), not from a counter stepped on the transform, so it also works with persistent DataLoader
+  or webdataset workers (the official counter silently froze at epoch 0 there).
+- `eval_transform`: Resize(res·8/7) + CenterCrop (LIFT §7; LIFT+'s res + res//7 is the same number).
+- `tte_transform` + `average_crop_logits`: five/ten crops of Resize(res + expand), raw logits averaged.
+
+Every transform here is picklable (no lambdas), for spawn-started workers.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+
+import torch
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from lift_dist.errors import ConfigError, DataError, choices
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
+MDA_SCHEDULES = ("convex", "linear", "concave", "min", "max")
+TTE_MODES = ("fivecrop", "tencrop")
+MDA_BASE_MIN_SCALE = 0.08  # torchvision RandomResizedCrop's default lower scale
+
+
+def _interp(interpolation) -> InterpolationMode:
+    if isinstance(interpolation, InterpolationMode):
+        return interpolation
+    if interpolation not in INTERPOLATIONS:
+        raise ConfigError(f"unknown interpolation '{interpolation}'; valid: {choices(INTERPOLATIONS)}")
+    return INTERPOLATIONS[interpolation]
+
+
+def _check_res(res) -> int:
+    if isinstance(res, bool) or not isinstance(res, int) or res < 1:
+        raise ConfigError(f"image resolution must be a positive integer, got {res!r}")
+    return res
+
+
+def _normalize() -> T.Normalize:
+    return T.Normalize(CLIP_MEAN, CLIP_STD)
+
+
+def lift_train_transform(res: int, interpolation="bilinear") -> T.Compose:
+    """LIFT: RandomResizedCrop(res) with default scale (0.08, 1) and ratio (3/4, 4/3), flip, normalise."""
+    return T.Compose(
+        [T.RandomResizedCrop(_check_res(res), interpolation=_interp(interpolation)), T.RandomHorizontalFlip(),
+         T.ToTensor(), _normalize()]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- MDA
+
+
+class SharedEpoch:
+    """The current epoch in shared memory: set in the main process, read in (persistent) workers.
+
+    Wraps a `multiprocessing.Value('i')`; it travels to DataLoader workers when they start (fork or
+    spawn), after which `set(e)` in the main process is visible to them.
+    """
+
+    def __init__(self, epoch: int = 0):
+        # lock=False: a raw shared int (one writer) has no SemLock, so it can go to fork, spawn and
+        # forkserver workers alike (a locked Value made in the fork context cannot reach spawned ones).
+        self._value = multiprocessing.Value("i", int(epoch), lock=False)
+
+    def set(self, epoch: int) -> None:
+        self._value.value = int(epoch)
+
+    def get(self) -> int:
+        return int(self._value.value)
+
+    def __repr__(self) -> str:
+        return f"SharedEpoch({self.get()})"
+
+
+def mda_min_scale(epoch: int, num_epochs: int, schedule: str = "convex") -> float:
+    """Minimum crop area fraction at `epoch` (0-based) of `num_epochs` (LIFT+ §2.2)."""
+    if num_epochs == 1:
+        t = 1.0  # [BUG fixed] the official t = epoch/(E−1) divides by zero for E = 1
+    else:
+        t = epoch / (num_epochs - 1)
+    if schedule == "min":
+        s = 0.0
+    elif schedule == "max":
+        s = 1.0
+    elif schedule == "linear":
+        s = t
+    elif schedule == "convex":
+        s = 1.0 - math.sqrt(max(0.0, 1.0 - t * t))
+    elif schedule == "concave":
+        s = math.sqrt(max(0.0, 1.0 - (1.0 - t) ** 2))
+    else:
+        raise ConfigError(f"unknown MDA schedule '{schedule}'; valid: {choices(MDA_SCHEDULES)}")
+    return s * (1.0 - MDA_BASE_MIN_SCALE) + MDA_BASE_MIN_SCALE
+
+
+def mda_crop_params(height: int, width: int, min_scale: float, generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """(top, left, side, side) of a square crop (LIFT+ §2.3): area = A·U(lo, hi) where the scale
+    bounds are fractions of the full image area A clamped to the largest square Q = min(H, W)²;
+    no ratio jitter, no retry loop. Uses the torch RNG (seeded per sample by the data pipeline)."""
+    area = height * width
+    square = min(height, width) ** 2 / area
+    lo, hi = min(min_scale, square), square
+    target = area * torch.empty(1).uniform_(lo, hi, generator=generator).item()
+    side = min(max(1, round(math.sqrt(target))), min(height, width))
+    top = int(torch.randint(0, height - side + 1, (1,), generator=generator).item())
+    left = int(torch.randint(0, width - side + 1, (1,), generator=generator).item())
+    return top, left, side, side
+
+
+class MinimalistRandomCrop:
+    """LIFT+ MDA crop: a random square, resized to (res, res) with antialiasing; no flip.
+
+    `epoch` is an int or any object with `.get()` (normally a `SharedEpoch`); `__call__(img, epoch=e)`
+    overrides it. The last epoch gives the largest square at a random position (the full image for
+    square images).
+    """
+
+    def __init__(self, res: int, num_epochs: int, schedule: str = "convex", interpolation="bicubic", epoch=None):
+        self.res = _check_res(res)
+        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+            raise ConfigError(f"MDA needs num_epochs >= 1, got {num_epochs!r}")
+        if schedule not in MDA_SCHEDULES:
+            raise ConfigError(f"unknown MDA schedule '{schedule}'; valid: {choices(MDA_SCHEDULES)}")
+        self.num_epochs, self.schedule = num_epochs, schedule
+        self.interpolation = _interp(interpolation)
+        self.epoch = SharedEpoch(0) if epoch is None else epoch
+        self.last_params = None  # (top, left, h, w, min_scale) of the last call, for inspection
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.epoch, "set"):
+            self.epoch.set(epoch)
+        else:
+            self.epoch = int(epoch)
+
+    def current_epoch(self) -> int:
+        return int(self.epoch.get() if hasattr(self.epoch, "get") else self.epoch)
+
+    def min_scale(self, epoch: int | None = None) -> float:
+        e = self.current_epoch() if epoch is None else int(epoch)
+        if not 0 <= e < self.num_epochs:
+            raise ConfigError(f"MDA epoch {e} is outside 0..{self.num_epochs - 1} (num_epochs={self.num_epochs})")
+        return mda_min_scale(e, self.num_epochs, self.schedule)
+
+    def __call__(self, img, epoch: int | None = None):
+        min_scale = self.min_scale(epoch)
+        width, height = TF.get_image_size(img)
+        top, left, h, w = mda_crop_params(height, width, min_scale)
+        self.last_params = (top, left, h, w, min_scale)
+        return TF.resized_crop(img, top, left, h, w, [self.res, self.res], self.interpolation, antialias=True)
+
+    def __repr__(self) -> str:
+        return (f"MinimalistRandomCrop(res={self.res}, num_epochs={self.num_epochs}, schedule={self.schedule}, "
+                f"interpolation={self.interpolation.value}, epoch={self.epoch!r})")
+
+
+class _MDACompose(T.Compose):
+    """Compose that forwards an `epoch=` override to the MDA crop."""
+
+    def __call__(self, img, epoch: int | None = None):
+        for t in self.transforms:
+            img = t(img, epoch=epoch) if isinstance(t, MinimalistRandomCrop) else t(img)
+        return img
+
+    @property
+    def crop(self) -> MinimalistRandomCrop:
+        return self.transforms[0]
+
+
+def minimalist_train_transform(res: int, num_epochs: int, schedule: str = "convex", epoch=None, interpolation="bicubic") -> _MDACompose:
+    """LIFT+ train transform: MDA crop (bicubic), ToTensor, Normalize; no flip or other augmentation."""
+    crop = MinimalistRandomCrop(res, num_epochs, schedule, interpolation=interpolation, epoch=epoch)
+    return _MDACompose([crop, T.ToTensor(), _normalize()])
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def eval_transform(res: int, interpolation="bilinear") -> T.Compose:
+    """Resize(res·8//7) on the shorter side, CenterCrop(res). [QUIRK kept] not CLIP's own 224-resize:
+    it is what the paper's numbers were measured with."""
+    res = _check_res(res)
+    return T.Compose([T.Resize(res * 8 // 7, interpolation=_interp(interpolation)), T.CenterCrop(res), T.ToTensor(), _normalize()])
+
+
+class _StackCrops:
+    """Tuple of PIL crops → normalised (n, 3, H, W) tensor."""
+
+    def __init__(self):
+        self.to_tensor, self.normalize = T.ToTensor(), _normalize()
+
+    def __call__(self, crops):
+        return self.normalize(torch.stack([self.to_tensor(c) for c in crops]))
+
+    def __repr__(self) -> str:
+        return "StackCrops(ToTensor, Normalize)"
+
+
+def tte_transform(res: int, mode: str = "fivecrop", expand: int = 24, interpolation="bilinear") -> T.Compose:
+    """Test-time expansion: Resize(res + expand) on the shorter side, then the 4 corners + centre of
+    the whole (non-square) resized image; `tencrop` adds their horizontal flips (torchvision order:
+    5 crops, then the 5 crops of the flipped image). Output (n, 3, res, res)."""
+    res = _check_res(res)
+    if mode not in TTE_MODES:
+        raise ConfigError(f"unknown TTE mode '{mode}'; valid: {choices(TTE_MODES)}")
+    if isinstance(expand, bool) or not isinstance(expand, int) or expand < 0:
+        raise ConfigError(f"TTE expand must be a non-negative integer, got {expand!r}")
+    crops = T.FiveCrop(res) if mode == "fivecrop" else T.TenCrop(res)
+    return T.Compose([T.Resize(res + expand, interpolation=_interp(interpolation)), crops, _StackCrops()])
+
+
+def average_crop_logits(model_fn, crops: torch.Tensor) -> torch.Tensor:
+    """Run all B·n crops as one batch and average the raw logits over crops (no softmax), in fp32."""
+    if crops.ndim == 4:  # a plain (B, 3, H, W) batch is one crop per image
+        crops = crops.unsqueeze(1)
+    if crops.ndim != 5:
+        raise DataError(f"crops must be (batch, crops, 3, H, W), got shape {tuple(crops.shape)}")
+    B, n = crops.shape[:2]
+    logits = model_fn(crops.reshape(B * n, *crops.shape[2:]))
+    return logits.float().reshape(B, n, -1).mean(dim=1)
