@@ -289,6 +289,7 @@ def run_sweep(args, train_args: list[str]) -> dict:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
 
     from lift_dist.config import load_config
     from lift_dist.data.manifest import read_manifest
@@ -331,6 +332,7 @@ def run_sweep(args, train_args: list[str]) -> dict:
             trainable,
             param_space=param_space,
             tune_config=tune.TuneConfig(metric=args.metric, mode="max", num_samples=args.num_samples, scheduler=scheduler,
+                                        search_alg=BasicVariantGenerator(random_state=args.seed),
                                         max_concurrent_trials=args.max_concurrent or None),
             run_config=tune.RunConfig(
                 name="tune", storage_path=str(out), stop={"training_iteration": epochs},
@@ -350,12 +352,18 @@ def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
     rows = []
     for r in grid:
         cfg = {k: v for k, v in r.config.items() if not k.startswith("_")}
+        cfg_epochs = r.config["_epochs"]
+        # Dimensions a trial's module does not use are left empty, so plots and tables don't mislead.
+        if cfg.get("module", "adaptformer") not in SIZED_BY_R:
+            cfg["r"] = None
+        if cfg.get("module", "adaptformer") != "sparse":
+            cfg["alpha"] = None
         m = r.metrics or {}
         rows.append({
             "trial_id": m.get("trial_id"), **{k: cfg.get(k) for k in space},
             **{k: m.get(k) for k in METRICS}, "epochs_run": m.get("training_iteration"),
-            # A trial ASHA ended early has no `done` flag in its last result.
-            "status": "error" if r.error else ("completed" if m.get("done") else "stopped"),
+            # A trial the scheduler ended early ran fewer epochs than asked for.
+            "status": "error" if r.error else ("completed" if (m.get("training_iteration") or 0) >= cfg_epochs else "stopped"),
             "run_dir": str(out / "runs" / str(m.get("trial_id"))),
         })
     table = {k: [row[k] for row in rows] for k in rows[0]} if rows else {}

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-cpus", type=int, default=None, help="CPUs Ray may use on this machine")
     p.add_argument("--launch", default="", help="launcher options for --backend slurm, e.g. \"--nodes 2 --tasks-per-node 1\"")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="training setting for every trial")
+    p.add_argument("--seed", type=int, default=None, help="seed of the random search (reproducible trial configs)")
     p.add_argument("--resume", action="store_true", help="resume a killed sweep in --out")
     return p
 
