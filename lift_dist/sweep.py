@@ -112,7 +112,7 @@ def trial_overrides(params: dict) -> list[str]:
 
 # ---- held-out validation split ------------------------------------------------------------------
 
-def make_holdout(shards: Path, out: Path, split: str, val_per_class: int, seed: int, shard_size: int = 1000) -> Path:
+def make_holdout(shards: Path, out: Path, split: str, val_per_class: int, seed: int) -> Path:
     """Write `out/train` and `out/val` shard sets from `shards/{split}`: up to `val_per_class` images
     per class (never more than half of a class) go to val. Image bytes are copied, not re-encoded."""
     import pyarrow as pa
@@ -142,7 +142,10 @@ def make_holdout(shards: Path, out: Path, split: str, val_per_class: int, seed: 
         shutil.rmtree(out)
     out.mkdir(parents=True)
     counts = {"train": [0] * m.num_classes, "val": [0] * m.num_classes}
-    writers = {s: wds.ShardWriter(str(out / f"{s}-%06d.tar"), maxcount=shard_size, verbose=0) for s in ("train", "val")}
+    # As many training shards as the source has, so the same ranks × workers can read them.
+    sizes = {"train": math.ceil((m.num_samples - len(val_keys)) / len(m.shard_files)),
+             "val": math.ceil(len(val_keys) / len(m.shard_files))}
+    writers = {s: wds.ShardWriter(str(out / f"{s}-%06d.tar"), maxcount=max(1, sizes[s]), verbose=0) for s in ("train", "val")}
     for url in m.shard_files:
         for s in wds.WebDataset(str(url), shardshuffle=False, empty_check=False):
             part = "val" if s["__key__"] in val_keys else "train"

@@ -350,7 +350,7 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
             global_step += 1
             if bar is not None:
                 elapsed = time.time() - t_epoch
-                bar.set_postfix(loss=f"{loss_sum / max(1, loss_n):.3f}", img_s=f"{seen * info.world / max(elapsed, 1e-9):.0f}",
+                bar.set_postfix(refresh=False, loss=f"{loss_sum / max(1, loss_n):.3f}", img_s=f"{seen * info.world / max(elapsed, 1e-9):.0f}",
                                 data_wait=f"{100 * t_data / max(elapsed, 1e-9):.0f}%")
                 bar.update(1)
             if writer is not None and global_step % max(1, cfg.log_every_steps) == 0:

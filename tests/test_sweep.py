@@ -1,0 +1,129 @@
+"""tune/sweep.py: real Ray Tune sweeps of real training runs (local processes or Slurm jobs)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from conftest import REPO, run_env
+from lift_dist.config import load_config
+from lift_dist.testing.slurm_cluster import slurm_cluster  # noqa: F401 (fixture)
+
+SWEEP = [sys.executable, str(REPO / "tune" / "sweep.py")]
+TINY = ["--set", "model.name=tiny", "--set", "model.pretrained=null", "--set", "device=cpu", "--set", "data.workers=1",
+        "--set", "optim.batch_size=16", "--set", "data.tte_expand=8", "--set", "data.shuffle_buffer=50"]
+
+
+def sweep(*args, timeout=900, check=True):
+    p = subprocess.run([*SWEEP, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=run_env())
+    if check:
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return p
+
+
+@pytest.mark.slow
+def test_local_asha_sweep_over_alpha_r_sigma(demo_shards, tmp_path):
+    out = tmp_path / "sweep"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"lr": {"choice": [0.02, 0.05]}}))  # restrict lr; α, r, σ, module from the default space
+    sweep("--shards", str(demo_shards), "--out", str(out), "--space", str(space), "--num-samples", "6", "--ray-cpus", "2",
+          "--max-concurrent", "1", "--val-per-class", "2", "--scheduler", "asha", "--seed", "1", *TINY, "--set", "optim.epochs=3")
+    table = pq.read_table(out / "results.parquet").to_pydict()
+    assert len(table["trial_id"]) == 6
+    for col in ("module", "alpha", "r", "scale", "lr", "mean_class", "tail", "status", "run_dir"):
+        assert col in table
+    assert set(table["lr"]) <= {0.02, 0.05}
+    assert all(15 <= s <= 35 for s in table["scale"])
+    # α is set exactly for the sparse trials, r exactly for the r-sized ones.
+    for m, a, r in zip(table["module"], table["alpha"], table["r"]):
+        assert (a is not None) == (m == "sparse") and (r is not None) == (m != "sparse")
+        if a is not None:
+            assert 1e-3 <= a <= 1e-1
+    assert "stopped" in table["status"] and "completed" in table["status"]  # ASHA ended some trials early
+    # The objective came from the held-out split of the training shards, not the test set.
+    held = out / "data"
+    assert (held / "val-shards.parquet").is_file()
+    train_total = sum(pq.read_table(demo_shards / "train-shards.parquet").to_pydict()["num_samples"])
+    parts = [sum(pq.read_table(held / f"{s}-shards.parquet").to_pydict()["num_samples"]) for s in ("train", "val")]
+    assert sum(parts) == train_total and parts[1] > 0
+    best = load_config(config_file=str(out / "best.yaml"))
+    assert best.data.shards == str(demo_shards) and best.data.eval_split == "test"
+    summary = __import__("json").loads((out / "summary.json").read_text())
+    assert summary["test"]["split"] == "test" and summary["completed"] >= 1
+    assert (out / "metric_vs_params.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_and_finishes_every_trial(demo_shards, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["--shards", str(demo_shards), "--out", str(out), "--num-samples", "4", "--ray-cpus", "2", "--max-concurrent", "1",
+            "--val-per-class", "2", "--scheduler", "fifo", *TINY, "--set", "optim.epochs=2"]
+    proc = subprocess.Popen([*SWEEP, *args], cwd=REPO, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 400
+    finished = []
+    while time.time() < deadline:
+        finished = list((out / "runs").glob("*/metrics.json")) if (out / "runs").is_dir() else []
+        if len(finished) >= 2:
+            break
+        time.sleep(0.5)
+    assert len(finished) >= 2
+    stamps = {p: p.stat().st_mtime for p in finished}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    assert not (out / "results.parquet").exists()
+    sweep(*args, "--resume")
+    table = pq.read_table(out / "results.parquet").to_pydict()
+    assert len(table["trial_id"]) == 4 and set(table["status"]) == {"completed"}
+    for p, t in stamps.items():  # trials finished before the kill were not run again
+        assert p.stat().st_mtime == t
+
+
+@pytest.mark.slow
+def test_slurm_backend_runs_trials_as_jobs(slurm_cluster, demo_shards, tmp_path):
+    out = tmp_path / "sweep"
+    sweep("--shards", str(demo_shards), "--out", str(out), "--num-samples", "2", "--ray-cpus", "2", "--backend", "slurm",
+          "--launch", "--nodes 2 --tasks-per-node 1 --time 10", "--val-per-class", "2", "--scheduler", "fifo", *TINY,
+          "--set", "optim.epochs=2")
+    table = pq.read_table(out / "results.parquet").to_pydict()
+    assert len(table["trial_id"]) == 2 and set(table["status"]) == {"completed"}
+    for run_dir in table["run_dir"]:
+        logs = list(Path(run_dir).glob("slurm-*/*_1_log.out"))  # task 1 of a 2-node Slurm job ran
+        assert logs, run_dir
+        assert __import__("json").loads((Path(run_dir) / "metrics.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"sigma": {"uniform": [1, 2]}}, "unknown search dimension 'sigma'"),
+        ({"scale": {"uniform": [30, 20]}}, "needs [low, high] with low < high"),
+        ({"r": {"choice": []}}, "choice needs a non-empty list"),
+        ({"alpha": {"loguniform": [0.01, 2.0]}}, "the sparse fraction must lie in (0, 1]"),
+        ({"module": ["adaptformer", "prefix"]}, "unknown module 'prefix'"),
+    ],
+)
+def test_invalid_space_fails_before_any_trial(demo_shards, tmp_path, space, message):
+    f = tmp_path / "space.yaml"
+    f.write_text(yaml.safe_dump(space))
+    p = sweep("--shards", str(demo_shards), "--out", str(tmp_path / "s"), "--space", str(f), *TINY, check=False)
+    assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "s" / "tune").exists()
+
+
+def test_missing_shards_and_slurm_without_sbatch(tmp_path):
+    p = sweep("--shards", str(tmp_path / "none"), "--out", str(tmp_path / "s"), *TINY, check=False)
+    assert p.returncode == 2 and f"shard directory {tmp_path / 'none'} does not exist" in p.stderr
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python3")
+    p = subprocess.run([*SWEEP, "--shards", str(tmp_path), "--out", str(tmp_path / "s"), "--backend", "slurm"],
+                       capture_output=True, text=True, cwd=REPO, env=run_env() | {"PATH": str(bin_dir)}, timeout=120)
+    assert p.returncode == 2 and "--backend slurm needs `sbatch` on PATH" in p.stderr

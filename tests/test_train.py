@@ -1,0 +1,195 @@
+"""Distributed training end to end with real torchrun + DeepSpeed (gloo) processes on CPU."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, run_env, run_torchrun, torchrun_cmd
+from lift_dist.config import load_config
+from lift_dist.data.manifest import read_manifest
+from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.model.lift_model import ModelConfig, build_model
+
+TINY = [
+    "--model", "tiny", "--device", "cpu", "--workers", "1",
+    "--set", "model.pretrained=null", "--set", "data.tte_expand=8", "--set", "data.shuffle_buffer=50",
+]
+
+
+def latest_weights(run: Path) -> dict:
+    name = (run / "checkpoints" / "latest").read_text().strip()
+    return load_file(str(run / "checkpoints" / name / "trainable.safetensors"))
+
+
+@pytest.mark.slow
+def test_two_rank_run_end_to_end(demo_shards, tmp_path):
+    run = tmp_path / "run"
+    run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "2", "--batch-size", "16", *TINY,
+                 "--set", "optim.lr=0.05")
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("overall", "mean_class", "head", "medium", "tail", "epochs", "trainable_params"):
+        assert key in metrics
+    assert metrics["epochs"] == 2 and metrics["world_size"] == 2 and metrics["with_tte"] is True and metrics["tte"]["overall"] == metrics["overall"]
+    assert metrics["eval_samples"] == 60  # every test image evaluated exactly once across the 2 ranks
+    assert 0.0 <= metrics["overall"] <= 1.0
+    # Checkpoints hold exactly the trainable tensors (module + head), nothing frozen.
+    model, _ = build_model(ModelConfig(name="tiny", peft=["adaptformer"], head_init="random"), 10)
+    expected = {n: tuple(p.shape) for n, p in model.trainable_named_parameters()}
+    saved = latest_weights(run)
+    assert {k: tuple(v.shape) for k, v in saved.items()} == expected
+    assert not any(k.startswith("encoder.blocks.0.block.") or "conv1" in k for k in saved)
+    assert sum(v.numel() for v in saved.values()) == metrics["trainable_params"]
+    assert (run / "config.yaml").is_file() and (run / "per_class.parquet").is_file()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert sum(read_manifest(demo_shards, "train").shard_samples) == history[0]["samples"]
+
+
+def test_exact_epoch_mode_sees_every_sample_once(demo_shards):
+    m = read_manifest(demo_shards, "train")
+    all_keys = []
+    for world in (1, 3):
+        plan = ShardPlan(len(m.shard_files), m.shard_samples, seed=3, world=world)
+
+        class Epoch:
+            value = 0
+
+            def get(self):
+                return self.value
+
+        epoch = Epoch()
+        orders = []
+        for e in (0, 1):
+            epoch.value = e
+            seen = []
+            for rank in range(world):
+                stream = ShardStream(m, plan, rank, epoch, lambda img: torch.zeros(1), train=True, num_classes=m.num_classes,
+                                     shuffle_buffer=20, seed=3)
+                rank_keys = [k for _, _, keys in rebatch(iter(make_loader(stream, 2)), 7) for k in keys]
+                assert len(rank_keys) == plan.rank_samples(e, rank)
+                seen += rank_keys
+            assert len(seen) == m.num_samples and len(set(seen)) == m.num_samples
+            orders.append(seen)
+            all_keys.append(sorted(seen))
+        assert orders[0] != orders[1]  # reshuffled each epoch
+    assert all(k == all_keys[0] for k in all_keys)
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_rank_with_double_batch(tmp_path):
+    """One optimizer step on 2 ranks × batch b = 1 rank × batch 2b (and 1 rank × b with 2 accumulation
+    steps) on the same 2b samples."""
+    from lift_dist.shards import build_image_folder
+    from lift_dist.synthetic import write_image_folder
+
+    b = 6
+    write_image_folder(tmp_path / "img", [b, b], size=40, seed=5)
+    shards = tmp_path / "shards"
+    build_image_folder(tmp_path / "img", shards, "train", shard_size=b, seed=0)  # 2 shards of b samples
+    build_image_folder(tmp_path / "img", shards, "test", train_counts_from=shards, shard_size=b, seed=0)
+    assert read_manifest(shards, "train").shard_samples == [b, b]
+    common = ["--shards", str(shards), "--epochs", "1", *TINY, "--workers", "0", "--set", "max_steps=1",
+              "--set", "data.augment=none", "--set", "data.tte=false", "--set", "optim.lr=0.5",
+              "--set", "data.shuffle_buffer=1", "--batch-size", str(2 * b)]
+    run_torchrun(2, *common, "--out", str(tmp_path / "two"), "--set", f"optim.micro_batch_size={b}")
+    run_torchrun(1, *common, "--out", str(tmp_path / "one"), "--set", f"optim.micro_batch_size={2 * b}")
+    run_torchrun(1, *common, "--out", str(tmp_path / "acc"), "--set", f"optim.micro_batch_size={b}")
+    w2, w1, wa = (latest_weights(tmp_path / n) for n in ("two", "one", "acc"))
+    assert set(w1) == set(w2) == set(wa)
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(wa[k], w1[k], atol=2e-6, rtol=1e-5)
+    # The step really moved the weights: AdaptFormer's up-projections start at exactly zero.
+    up = [k for k in w1 if k.endswith("up.weight")]
+    assert up and all(w1[k].abs().sum() > 0 for k in up)
+
+
+@pytest.mark.slow
+def test_allreduce_bytes_equal_trainable_size(demo_shards, tmp_path):
+    run = tmp_path / "comms"
+    env = run_env() | {"LIFT_DIST_COMMS_LOG": "1"}
+    cmd = torchrun_cmd(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "1", "--batch-size", "16", *TINY,
+                       "--set", "max_steps=3", "--set", "data.tte=false")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    comms = json.loads((run / "comms-rank0.json").read_text())
+    grad_bytes = sum(int(size) * n for size, n in comms["ops"]["all_reduce"].items() if int(size) > 64)
+    assert comms["optimizer_steps"] == 3
+    assert grad_bytes == 3 * 4 * metrics["trainable_params"]  # fp32 gradients of trainable tensors only
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_final_metrics(demo_shards, tmp_path):
+    args = ["--shards", str(demo_shards), "--epochs", "2", "--batch-size", "8", *TINY,
+            "--set", "checkpoint_every_steps=2", "--set", "keep_checkpoints=10", "--set", "deterministic=true"]
+    run_torchrun(2, *args, "--out", str(tmp_path / "full"))
+    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(torchrun_cmd(2, *args, "--out", str(killed)), env=run_env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # Kill everything (launcher and ranks) once a mid-epoch checkpoint exists.
+    deadline = time.time() + 240
+    while time.time() < deadline and not list((killed / "checkpoints").glob("step-00000004")):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    state = json.loads((killed / "checkpoints" / (killed / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # killed mid-epoch
+
+    run_torchrun(2, *args, "--out", str(killed), "--resume", "latest")
+    resumed_metrics = json.loads((killed / "metrics.json").read_text())
+    for k in ("overall", "mean_class", "head", "medium", "tail"):
+        assert resumed_metrics[k] == full_metrics[k], k
+    a, b = latest_weights(tmp_path / "full"), latest_weights(killed)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_config_errors_are_clear(demo_shards, tmp_path):
+    # Missing and empty shard directories, without a traceback.
+    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY],
+                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and f"shard directory {tmp_path / 'nope'} does not exist" in p.stderr and "Traceback" not in p.stderr
+    (tmp_path / "empty").mkdir()
+    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *TINY],
+                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and "holds no shard manifests at all" in p.stderr
+    # Global batch not divisible by world × micro-batch.
+    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
+                        "--batch-size", "10", "--set", "optim.micro_batch_size=4"], capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and "optim.batch_size=10 is not divisible by world size 1 × micro-batch 4" in p.stderr
+
+
+def test_manifest_shard_mismatch_is_named(demo_shards, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_shards, bad)
+    victim = sorted(bad.glob("train-*.tar"))[0]
+    victim.unlink()
+    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY],
+                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and "shard(s) that do not exist" in p.stderr and victim.name in p.stderr
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_shards, tmp_path):
+    run = tmp_path / "nan"
+    proc = run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "3", "--batch-size", "16", *TINY,
+                        "--set", "optim.lr=1e30", "--set", "model.head=linear", "--set", "model.head_init=random",
+                        "--set", "checkpoint_every_steps=1", check=False)
+    assert proc.returncode != 0
+    assert "loss became NaN/inf at epoch" in proc.stderr + proc.stdout
+    assert "the last good checkpoint is" in proc.stderr + proc.stdout or "no checkpoint was written" in proc.stderr + proc.stdout
+    assert not (run / "metrics.json").exists()
