@@ -134,3 +134,33 @@ def read_manifest(root: str | os.PathLike, split: str) -> Manifest:
         summary=summary,
         extra_class_columns=extra,
     )
+
+
+# ---- helpers for the shard builder (shards/) and `verify` ----------------------------------------
+
+SPLIT_NAME_CHARS = "letters, digits and '_'"
+
+
+def is_valid_split_name(split: str) -> bool:
+    """Split names become file-name prefixes `{split}-NNNNNN.tar`; keep them unambiguous."""
+    return bool(split) and all(c.isascii() and (c.isalnum() or c == "_") for c in split)
+
+
+def shard_index(split: str, file_name: str) -> int | None:
+    """The index N of `{split}-NNNNNN.tar`, or None when the name is not one of this split's shards."""
+    prefix, suffix = f"{split}-", ".tar"
+    if not (file_name.startswith(prefix) and file_name.endswith(suffix)):
+        return None
+    digits = file_name[len(prefix) : -len(suffix)]
+    return int(digits) if len(digits) == 6 and digits.isdigit() else None
+
+
+def record_path(root: str | os.PathLike, shard_file_name: str) -> Path:
+    """Per-shard record (JSON: sha256, bytes, samples, inputs fingerprint) that makes builds resumable."""
+    return Path(root) / f"{shard_file_name}.record.json"
+
+
+def splits_in(root: str | os.PathLike) -> list[str]:
+    """Splits that have a shard manifest in `root`, sorted."""
+    suffix = "-shards.parquet"
+    return sorted(p.name[: -len(suffix)] for p in Path(root).glob(f"*{suffix}"))

@@ -1,0 +1,152 @@
+"""Training-step speed: lift-dist's step against a straightforward PyTorch loop of the same model.
+
+lift-dist: the PeftViT path (explicit block maths, fused SDPA, frozen weights with requires_grad off,
+so autograd computes no weight gradient for them). Plain loop: open_clip's own forward
+(nn.MultiheadAttention), AdaptFormer attached with hooks, every tensor requiring grad (full
+autograd), the optimizer over the same trainable tensors. Same batch, same precision.
+Prints images/s, the time split (forward / backward / optimizer) and, on GPU, model FLOP
+utilisation from 2x the forward FLOPs (frozen weights need no weight gradients).
+
+    python benchmarks/step.py --models tiny,ViT-B-16 --pefts adaptformer,full,none --batch 32
+    python benchmarks/step.py --device cuda --models ViT-B-16 --batch 256 --precision bf16 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lift_dist.model.lift_model import ModelConfig, build_model
+
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def plain_model(name: str, peft: str, num_classes: int, device):
+    """open_clip forward + hooks; all parameters require grad (the straightforward loop)."""
+    model, clip = build_model(ModelConfig(name=name, peft=[peft], head_init="random"), num_classes)
+    visual = clip.visual
+    visual.proj = None  # the head reads the pre-projection feature, as in LIFT
+    trainable = [p for _, p in model.trainable_named_parameters()]
+    blocks = model.encoder.blocks
+    for pb, rb in zip(blocks, visual.transformer.resblocks):
+        if "adaptformer" in pb.sites:
+            af, store = pb.sites["adaptformer"], {}
+            rb.ln_2.register_forward_pre_hook(lambda m, a, store=store: store.__setitem__("x", a[0]))
+            rb.register_forward_hook(lambda m, a, out, af=af, store=store: out + af(store["x"]))
+    visual.requires_grad_(True)
+    head = model.head
+
+    def forward(x):
+        return head(visual(x))
+
+    modules = torch.nn.ModuleList([visual, head, *[pb.sites for pb in blocks]]).to(device)
+    return forward, trainable, modules
+
+
+def run(forward, params, x, y, steps, warmup, precision, device):
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    t = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    for i in range(warmup + steps):
+        sync(device)
+        t0 = time.perf_counter()
+        with ctx:
+            loss = F.cross_entropy(forward(x).float(), y)
+        sync(device)
+        t1 = time.perf_counter()
+        loss.backward()
+        sync(device)
+        t2 = time.perf_counter()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        t3 = time.perf_counter()
+        if i >= warmup:
+            t["forward"] += t1 - t0
+            t["backward"] += t2 - t1
+            t["optimizer"] += t3 - t2
+    total = sum(t.values())
+    n = steps * x.shape[0]
+    return {"images_per_s": n / total, "ms_per_image": 1000 * total / n, **{f"{k}_share": v / total for k, v in t.items()}}
+
+
+def forward_flops(forward, x) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        forward(x[:1])
+    return fc.get_total_flops() * x.shape[0]
+
+
+def measure(name, peft, batch, steps, warmup, device, precision, num_classes, compile_model, channels_last):
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(name=name, peft=[peft], head_init="random"), num_classes)
+    model.to(device).train()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    res = model.encoder.image_size
+    x = torch.randn(batch, 3, res, res, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    ours_fwd = torch.compile(model) if compile_model else model
+    params = [p for _, p in model.trainable_named_parameters()]
+    ours = run(ours_fwd, params, x, y, steps, warmup, precision, device)
+    pf, pparams, _ = plain_model(name, peft, num_classes, device)
+    plain = run(pf, pparams, x, y, steps, warmup, precision, device)
+    row = {"model": name, "peft": peft, "batch": batch, "precision": precision, "device": str(device),
+           "compile": compile_model, "ours": ours, "plain": plain,
+           "time_ratio": ours["ms_per_image"] / plain["ms_per_image"]}
+    if device.type == "cuda":
+        flops = forward_flops(model, x)
+        gpu = torch.cuda.get_device_name()
+        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
+        row["gpu"] = gpu
+        row["train_tflops"] = 2 * flops / batch * ours["images_per_s"] / 1e12
+        if peak:
+            row["mfu"] = row["train_tflops"] / peak
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="tiny,ViT-B-16")
+    p.add_argument("--pefts", default="adaptformer,full,none")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args()
+    device = torch.device(a.device)
+    rows = [measure(m, pe, a.batch, a.steps, a.warmup, device, a.precision, a.num_classes, a.compile, a.channels_last)
+            for m in a.models.split(",") for pe in a.pefts.split(",")]
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"training step, {a.device} {a.precision}, batch {a.batch}, {a.steps} timed steps (plain = open_clip MHA path, full autograd)")
+    print(f"{'model':<10} {'module':<12} {'ours img/s':>10} {'plain img/s':>11} {'ours/plain time':>15} {'fwd/bwd/opt %':>16} {'MFU':>6}")
+    for r in rows:
+        o = r["ours"]
+        split = f"{100 * o['forward_share']:.0f}/{100 * o['backward_share']:.0f}/{100 * o['optimizer_share']:.0f}"
+        mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+        print(f"{r['model']:<10} {r['peft']:<12} {o['images_per_s']:>10.1f} {r['plain']['images_per_s']:>11.1f} "
+              f"{r['time_ratio']:>15.2f} {split:>16} {mfu:>6}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Shard builder on bad input: every kind of bad item is reported by name and reason, the build fails
+(or skips them with skip_bad), and no half-written shard is ever left behind. Also image modes."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from lift_dist.errors import DataError
+from lift_dist.shards import build_from_list, build_image_folder, build_inat2018, verify
+from lift_dist.shards.images import encode_bytes
+from lift_dist.shards.synthetic import tiny_jpegs, write_inat2018
+from lift_dist.shards.writer import sha256_file
+from test_shards import CATEGORIES, read_split, run_cli
+
+needs_categories = pytest.mark.skipif(not CATEGORIES.is_file(), reason=f"shared data absent: {CATEGORIES} not found")
+
+
+def errors(out: Path, split: str) -> dict[str, str]:
+    t = pq.read_table(out / f"{split}-errors.parquet").to_pydict()
+    return dict(zip(t["item"], t["reason"]))
+
+
+def assert_no_partial_files(out: Path) -> None:
+    """Every shard on disk is complete (its record's checksum matches) and no temp file is left."""
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    for tar in out.glob("*.tar"):
+        rec = json.loads((out / f"{tar.name}.record.json").read_text())
+        assert rec["sha256"] == sha256_file(tar), tar.name
+
+
+@pytest.fixture
+def release(tmp_path) -> Path:
+    if not CATEGORIES.is_file():
+        pytest.skip(f"shared data absent: {CATEGORIES} not found")
+    cats = json.loads(CATEGORIES.read_text())
+    root = tmp_path / "inat"
+    write_inat2018(root, cats, {10: 6, 20: 4, 30: 2}, {10: 1})
+    return root
+
+
+def edit_json(path: Path, fn) -> None:
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+@needs_categories
+def test_annotation_level_problems_are_reported_and_nothing_is_written(release, tmp_path):
+    def corrupt(d):
+        imgs, anns = d["images"], d["annotations"]
+        anns[0]["category_id"] = 99999  # unknown category
+        anns.append({"id": 1, "image_id": 424242, "category_id": 10})  # unknown image id
+        imgs.append(dict(imgs[1], file_name="train_val2018/Animalia/10/copy.jpg"))  # duplicate image id
+        imgs.append({"id": 7001, "file_name": "../outside.jpg"})  # escapes the root
+        imgs.append({"id": 7002, "file_name": "/etc/hostname"})  # absolute
+        anns += [{"id": 2, "image_id": 7001, "category_id": 10}, {"id": 3, "image_id": 7002, "category_id": 10}]
+        imgs.append({"id": 7003, "file_name": "train_val2018/x/none.jpg"})  # no annotation
+
+    edit_json(release / "train2018.json", corrupt)
+    d = json.loads((release / "train2018.json").read_text())
+    first, dup = d["images"][0], d["images"][1]
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"7 bad item\(s\) in the 'train' split .*--skip-bad") as e:
+        build_inat2018(release, out, "train")
+    assert "unknown category id 99999" in str(e.value)
+    err = errors(out, "train")
+    assert err[f"image {first['id']} ({first['file_name']})"].startswith("unknown category id 99999")
+    assert err["annotations[12]"].startswith("unknown image id 424242")
+    assert err[f"image {dup['id']} ({dup['file_name']})"].startswith("duplicate image id")
+    assert err[f"image {dup['id']} (train_val2018/Animalia/10/copy.jpg)"].startswith("duplicate image id")
+    assert "escapes the image root ('..')" in err["image 7001 (../outside.jpg)"]
+    assert "absolute path" in err["image 7002 (/etc/hostname)"]
+    assert err["image 7003 (train_val2018/x/none.jpg)"].startswith("no annotation")
+    assert sorted(p.name for p in out.iterdir()) == ["train-errors.parquet"]  # no shard, no manifest
+
+    s = build_inat2018(release, out, "train", skip_bad=True, shard_size=4)
+    assert s["skipped"] == 7 and s["samples"] == 12 - 2  # the bad category, the duplicated id's original
+    assert len(errors(out, "train")) == 7
+    ids = {json.loads(x["json"])["image_id"] for x in read_split(out, "train")}
+    assert first["id"] not in ids and dup["id"] not in ids and not ids & {7001, 7002, 7003}
+    assert verify(out) == []
+
+
+@needs_categories
+def test_missing_and_corrupt_images_fail_the_build_without_half_written_shards(release, tmp_path):
+    d = json.loads((release / "train2018.json").read_text())
+    missing, broken = d["images"][2], d["images"][7]
+    (release / missing["file_name"]).unlink()
+    (release / broken["file_name"]).write_bytes(tiny_jpegs(1, 64)[0][:200])  # truncated JPEG
+    out = tmp_path / "out"
+    with pytest.raises(DataError) as e:
+        build_inat2018(release, out, "train", shard_size=3, workers=2)
+    msg = str(e.value)
+    assert msg.startswith("2 bad item(s) in the 'train' split") and "Finished shards are kept" in msg
+    err = errors(out, "train")
+    assert err[f"image {missing['id']} ({release / missing['file_name']})"] == "missing image file"
+    assert err[f"image {broken['id']} ({release / broken['file_name']})"].startswith("unreadable or corrupt image")
+    assert not (out / "train-shards.parquet").exists() and not (out / "train-classes.parquet").exists()
+    assert_no_partial_files(out)
+
+    s = build_inat2018(release, out, "train", shard_size=3, workers=2, skip_bad=True)
+    assert s["skipped"] == 2 and s["samples"] == 10 and s["shards"] == 4
+    # The shards holding the bad items were complete already (bad items left out, named in their records).
+    assert s["reused_shards"] == 4 and s["written_shards"] == 0
+    assert len(errors(out, "train")) == 2
+    assert verify(out) == []
+    assert_no_partial_files(out)
+
+    # Without --skip-bad a later run tries the bad items again (they may have been fixed) and fails again.
+    with pytest.raises(DataError, match="missing image file"):
+        build_inat2018(release, out, "train", shard_size=3)
+
+
+@needs_categories
+def test_empty_split(release, tmp_path):
+    edit_json(release / "val2018.json", lambda d: (d["images"].clear(), d["annotations"].clear()))
+    out = tmp_path / "out"
+    build_inat2018(release, out, "train")
+    with pytest.raises(DataError, match="'val' split is empty"):
+        build_inat2018(release, out, "val", skip_bad=True)
+    assert list(errors(out, "val").values())[0].startswith("empty split")
+    assert not (out / "val-shards.parquet").exists()
+
+
+def test_list_file_problems(tmp_path):
+    (tmp_path / "names.txt").write_text("a_cls a_cls\nb_cls b_cls\n")
+    img = tmp_path / "img"
+    (img / "a").mkdir(parents=True)
+    for i in range(3):
+        (img / "a" / f"{i}.jpg").write_bytes(tiny_jpegs(1, 8)[0])
+    (tmp_path / "list.txt").write_text(
+        "a/0.jpg 0\n"
+        "a/1.jpg 1\n"
+        "a/2.jpg 7\n"  # unknown category
+        "a/0.jpg 0\n"  # duplicate
+        "../../etc/passwd 0\n"  # escapes the root
+        "/abs/x.jpg 1\n"  # absolute
+        "just-a-path\n"  # malformed
+        "\n")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"5 bad item\(s\)"):
+        build_from_list(tmp_path / "list.txt", img, tmp_path / "names.txt", out, "train")
+    err = errors(out, "train")
+    assert err["list.txt:3 a/2.jpg"].startswith("unknown category: label 7 is outside 0..1")
+    assert err["list.txt:4 a/0.jpg"] == "duplicate image id: a/0.jpg is already listed on line 1"
+    assert "escapes the image root" in err["list.txt:5 ../../etc/passwd"]
+    assert "absolute path" in err["list.txt:6 /abs/x.jpg"]
+    assert err["list.txt:7"].startswith("expected '<relative path> <integer label>'")
+    s = build_from_list(tmp_path / "list.txt", img, tmp_path / "names.txt", out, "train", skip_bad=True)
+    assert s["samples"] == 2 and s["skipped"] == 5
+
+
+def test_cli_reports_bad_items_in_one_line_and_skip_bad_succeeds(tmp_path):
+    root = tmp_path / "img"
+    for c in ("cat", "dog"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            (root / c / f"{i}.jpg").write_bytes(tiny_jpegs(3, 8)[i])
+    (root / "dog" / "bad.png").write_bytes(b"not an image at all")
+    out = tmp_path / "out"
+    proc = run_cli("folder", "--root", str(root), "--split", "train", "--out", str(out), "--workers", "2")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("shards/build.py")]
+    assert len(lines) == 1 and "1 bad item(s)" in lines[0] and "bad.png" in lines[0] and "unreadable or corrupt" in lines[0]
+    ok = run_cli("folder", "--root", str(root), "--split", "train", "--out", str(out), "--skip-bad", "--no-progress")
+    assert ok.returncode == 0, ok.stderr
+    assert "[shards] train: 6 samples" in ok.stdout and "1 skipped" in ok.stdout
+
+
+# ---- image modes, orientation, resizing ----------------------------------------------------------
+
+def decoded(data: bytes) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def as_bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_modes_convert_to_rgb_and_exif_orientation_is_applied():
+    gray = as_bytes(Image.new("L", (30, 20), 128), "JPEG")
+    cmyk = as_bytes(Image.new("CMYK", (30, 20), (0, 255, 255, 0)), "JPEG")  # red in CMYK
+    pal = Image.new("P", (30, 20), 1)
+    pal.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    rgba = Image.new("RGBA", (30, 20), (0, 0, 255, 0))  # fully transparent blue: must become white
+    deep = Image.fromarray(np.full((20, 30), 40000, np.uint16))
+    trans = pal.copy()
+    trans.info["transparency"] = 1
+    cases = {
+        "gray": (gray, (128, 128, 128)),
+        "cmyk": (cmyk, (255, 0, 0)),
+        "palette": (as_bytes(pal, "PNG"), (0, 255, 0)),
+        "palette+transparency": (as_bytes(trans, "PNG", transparency=1), (255, 255, 255)),
+        "rgba": (as_bytes(rgba, "PNG"), (255, 255, 255)),
+        "la": (as_bytes(Image.new("LA", (30, 20), (50, 255)), "PNG"), (50, 50, 50)),
+        "16-bit": (as_bytes(deep, "PNG"), (156, 156, 156)),
+    }
+    for name, (data, rgb) in cases.items():
+        out = decoded(encode_bytes(data, 256, 95))
+        assert out.format == "JPEG" and out.mode == "RGB" and out.size == (30, 20), name
+        assert np.abs(np.asarray(out, np.int16)[10, 15] - rgb).max() <= 6, (name, np.asarray(out)[10, 15])
+
+    # EXIF orientation 6 (rotate 90 clockwise to view): a 40x20 landscape file is shown as 20x40.
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 20, 20))  # left half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = as_bytes(img, "JPEG", exif=exif.tobytes(), quality=95)
+    for resize in (256, None):  # --no-resize must not keep bytes whose pixels need rotating
+        out = decoded(encode_bytes(data, resize, 95))
+        assert out.size == (20, 40)
+        top, bottom = np.asarray(out, np.int16)[5, 10], np.asarray(out, np.int16)[35, 10]
+        assert np.abs(top - (0, 0, 255)).max() < 20 and np.abs(bottom - (255, 0, 0)).max() < 20  # left half now on top
+
+
+def test_resize_shorter_side_never_upscale_and_no_resize_keeps_bytes():
+    from lift_dist.shards.synthetic import photo_jpegs
+
+    big = photo_jpegs(1, 800, 600)[0]
+    assert decoded(encode_bytes(big, 256, 90)).size == (341, 256)
+    assert decoded(encode_bytes(photo_jpegs(1, 300, 900)[0], 256, 90)).size == (256, 768)
+    small = tiny_jpegs(1, 40)[0]
+    assert decoded(encode_bytes(small, 256, 90)).size == (40, 40)
+    assert encode_bytes(big, None, 90) == big
+    png = as_bytes(Image.new("RGB", (50, 40), (1, 2, 3)), "PNG")
+    assert decoded(encode_bytes(png, None, 90)).format == "JPEG"
+
+
+def test_folder_test_split_with_an_unknown_class_folder(tmp_path):
+    for split, classes in (("train", ("a", "b")), ("test", ("a", "zzz"))):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            (tmp_path / split / c / "0.jpg").write_bytes(tiny_jpegs(1, 8)[0])
+    out = tmp_path / "out"
+    build_image_folder(tmp_path / "train", out, "train")
+    with pytest.raises(DataError, match="class folder 'zzz' is not one of the 2 training classes"):
+        build_image_folder(tmp_path / "test", out, "test")
+    s = build_image_folder(tmp_path / "test", out, "test", skip_bad=True)
+    assert s["samples"] == 1 and [int(x["cls"]) for x in read_split(out, "test")] == [0]
+    assert len(list(wds.WebDataset(str(out / "test-000000.tar"), shardshuffle=False, empty_check=False))) == 1
