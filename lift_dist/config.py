@@ -64,6 +64,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+    compile: str = "auto"  # auto (torch.compile the encoder on GPU) | always | never
     deterministic: bool = False
     resume: str | None = None  # None | latest | path to a checkpoint directory
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
@@ -193,6 +194,7 @@ def validate(cfg: RunConfig) -> None:
         "optim.zero_stage": (o.zero_stage, (0, 1)),
         "device": (cfg.device, ("auto", "cpu", "cuda")),
         "precision": (cfg.precision, ("auto", "bf16", "fp32")),
+        "compile": (cfg.compile, ("auto", "always", "never")),
         "model.head": (cfg.model.head, ("cosine", "linear", "l2")),
         "model.head_init": (cfg.model.head_init, ("semantic", "class_mean", "random")),
         "model.prompt": (cfg.model.prompt, ("default", "classname", "ensemble", "descriptions")),
