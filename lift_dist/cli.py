@@ -9,26 +9,29 @@ from lift_dist.errors import LiftError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lift_dist import demo, params, train
+    from lift_dist import demo, params, predict, train
 
     parser = argparse.ArgumentParser(prog="lift-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("params", help="trainable-parameter report for a model + module (no download)")
     params.add_arguments(p)
-    p.set_defaults(run=params.run)
+    p.set_defaults(handler=params.run)
     p = sub.add_parser("train", help="train on a shard directory (one process, or one of N under torchrun/srun)")
     train.add_arguments(p)
-    p.set_defaults(run=train.run)
+    p.set_defaults(handler=train.run)
+    p = sub.add_parser("predict", help="class probabilities for images or a shard split from a trained run")
+    predict.add_arguments(p)
+    p.set_defaults(handler=predict.run)
     p = sub.add_parser("demo", help="the embedded CPU demo (default job)")
     demo.add_arguments(p)
-    p.set_defaults(run=demo.run)
+    p.set_defaults(handler=demo.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        return int(args.handler(args) or 0)
     except LiftError as e:
         print(f"lift-dist {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -49,3 +49,13 @@ def demo_shards(tmp_path_factory):
     build_image_folder(root / "img" / "train", out, "train", shard_size=(sum(counts) + 5) // 6, seed=0)
     build_image_folder(root / "img" / "test", out, "test", train_counts_from=out, shard_size=30, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(demo_shards, tmp_path_factory):
+    """One short 2-rank training run (tiny + AdaptFormer, TTE) on the demo shards."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "2", "--model", "tiny", "--device", "cpu",
+                 "--workers", "1", "--batch-size", "16", "--set", "model.pretrained=null", "--set", "data.tte_expand=8",
+                 "--set", "optim.lr=0.05", "--set", "eval_every_epochs=1")
+    return run

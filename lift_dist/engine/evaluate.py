@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 
 from lift_dist.data.manifest import Manifest
 from lift_dist.engine.distributed import all_reduce_sum_
@@ -56,16 +57,30 @@ def evaluate(
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
+    confusions: dict[tuple[int, int], int] = {}  # (true, predicted) -> count, mistakes only (sparse)
     for images, labels, _ in rebatch(iter(loader), batch_size):
         images = images.to(device, non_blocking=True)
         with autocast_context(device, precision):
             logits = average_crop_logits(model, images) if tte else model(images)
-        acc.update(logits.float().argmax(dim=1).cpu(), labels)
+        preds = logits.float().argmax(dim=1).cpu()
+        acc.update(preds, labels)
+        wrong = preds != labels
+        for t, p in zip(labels[wrong].tolist(), preds[wrong].tolist()):
+            confusions[(t, p)] = confusions.get((t, p), 0) + 1
     del loader
     model.train(was_training)
     for t in (acc.correct, acc.total):
         all_reduce_sum_(t, device)
-    return acc.compute(train_counts)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, confusions)
+        confusions = {}
+        for part in gathered:
+            for k, v in part.items():
+                confusions[k] = confusions.get(k, 0) + v
+    out = acc.compute(train_counts)
+    out["confusions"] = confusions
+    return out
 
 
 def load_run(run_dir, checkpoint_dir=None, num_classes: int | None = None):

@@ -184,6 +184,20 @@ def write_per_class(path: Path, metrics_by_mode: dict, class_names, train_counts
     os.replace(tmp, path)
 
 
+def write_confusions(path: Path, metrics_by_mode: dict) -> None:
+    """Sparse confusion counts (mistakes only) per evaluation mode: mode, true, predicted, count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [(mode, t, p, n) for mode, m in metrics_by_mode.items() for (t, p), n in sorted(m["confusions"].items())]
+    table = pa.table({"mode": [r[0] for r in rows], "true": [r[1] for r in rows], "predicted": [r[2] for r in rows],
+                      "count": [r[3] for r in rows]},
+                     schema=pa.schema([("mode", pa.string()), ("true", pa.int64()), ("predicted", pa.int64()), ("count", pa.int64())]))
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
 def summary_metrics(m: dict) -> dict:
     """The five headline numbers; an empty group (NaN) becomes None (null in JSON)."""
     keys = ("overall", "mean_class", "head", "medium", "tail")
@@ -294,6 +308,10 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
             f"{info.world} rank(s) [{info.backend}, {precision}], global batch {cfg.optim.batch_size} = "
             f"{info.world} × {micro} × {accum} accumulation, {total_steps} steps")
 
+    if info.is_main:
+        write_json_atomic(run_dir / "classes.json", {"names": train_m.class_names, "train_counts": [int(c) for c in counts],
+                                                      "groups": train_m.groups})
+    t_start = time.time()
     last_good = None
     stop = False
     lr = cfg.optim.lr
@@ -409,6 +427,7 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         comms = {op: {str(size): rec[0] for size, rec in sizes.items()} for op, sizes in ds_comm.comms_logger.comms_dict.items()}
         write_json_atomic(run_dir / f"comms-rank{info.rank}.json", {"optimizer_steps": global_step, "ops": comms})
 
+    train_time = time.time() - t_start
     results = {}
     modes = [("no_tte", False)] + ([("tte", True)] if d.tte else [])
     for mode, tte in modes:
@@ -427,11 +446,15 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         "world_size": info.world,
         "eval_split": eval_m.split,
         "eval_samples": int(sum(final["per_class_count"])),
+        "train_time_s": train_time,
+        "model": cfg.model.name,
+        "modules": list(cfg.model.peft),
     }
     for mode, m in results.items():
         metrics[mode] = summary_metrics(m)
     if info.is_main:
         write_json_atomic(run_dir / "metrics.json", metrics)
+        write_confusions(run_dir / "confusions.parquet", results)
         write_per_class(run_dir / "per_class.parquet", results, train_m.class_names, counts, train_m.groups)
         for k, v in metrics[("tte" if d.tte else "no_tte")].items():
             writer.add_scalar(f"test/{k}", v if v is not None else float("nan"), global_step)

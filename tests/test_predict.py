@@ -1,0 +1,70 @@
+"""lift-dist predict: images and shard splits from a trained run; mismatched checkpoints refused."""
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from conftest import REPO, run_env, run_torchrun
+
+
+def predict(*args):
+    return subprocess.run([sys.executable, "-m", "lift_dist", "predict", *args], capture_output=True, text=True,
+                          cwd=REPO, env=run_env(), timeout=300)
+
+
+def test_predict_images_csv_and_json(trained_run, demo_shards):
+    names = json.loads((trained_run / "classes.json").read_text())["names"]
+    images = sorted((demo_shards.parent / "img" / "test" / names[0]).glob("*.jpg"))[:2]
+    p = predict("--run", str(trained_run), *map(str, images), "--top-k", "3", "--tte")
+    assert p.returncode == 0, p.stderr
+    rows = list(csv.DictReader(io.StringIO(p.stdout)))
+    assert [r["rank"] for r in rows] == ["1", "2", "3"] * 2
+    for img in images:
+        probs = [float(r["probability"]) for r in rows if r["image"] == str(img)]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    assert all(r["class"] == names[int(r["label"])] for r in rows)
+    p = predict("--run", str(trained_run), str(images[0]), "--format", "json", "--top-k", "1")
+    out = json.loads(p.stdout)
+    assert out[0]["image"] == str(images[0]) and len(out[0]["predictions"]) == 1
+
+
+def test_predict_shards_matches_the_runs_own_evaluation(trained_run, demo_shards, tmp_path):
+    out = tmp_path / "preds.parquet"
+    p = predict("--run", str(trained_run), "--shards", str(demo_shards), "--split", "test", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    t = pq.read_table(out).to_pydict()
+    assert len(t["key"]) == 60 and len(set(t["key"])) == 60
+    acc = sum(a == b for a, b in zip(t["label"], t["predicted"])) / len(t["label"])
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert abs(acc - metrics["no_tte"]["overall"]) < 1e-9  # same model, same transform, same images
+
+
+def test_mismatched_checkpoints_and_bad_images_are_refused(trained_run, demo_shards, tmp_path):
+    # Another module set: a head-only run's checkpoint lacks the AdaptFormer tensors.
+    other = tmp_path / "headonly"
+    run_torchrun(1, "--shards", str(demo_shards), "--out", str(other), "--epochs", "1", "--model", "tiny", "--device", "cpu",
+                 "--workers", "1", "--batch-size", "16", "--set", "model.pretrained=null", "--set", "data.tte=false",
+                 "--set", "model.peft=[none]", "--set", "max_steps=1")
+    ckpt = other / "checkpoints" / (other / "checkpoints" / "latest").read_text().strip()
+    img = next((demo_shards.parent / "img" / "test").rglob("*.jpg"))
+    p = predict("--run", str(trained_run), "--checkpoint", str(ckpt), str(img))
+    assert p.returncode == 2 and "does not match this model" in p.stderr and "missing" in p.stderr
+    # Another class count.
+    fewer = tmp_path / "fewer"
+    shutil.copytree(trained_run, fewer)
+    classes = json.loads((fewer / "classes.json").read_text())
+    classes["names"] = classes["names"][:-1]
+    (fewer / "classes.json").write_text(json.dumps(classes))
+    p = predict("--run", str(fewer), str(img))
+    assert p.returncode == 2 and "has a head for 10 classes but run" in p.stderr and "has 9 classes" in p.stderr
+    p = predict("--run", str(trained_run), str(tmp_path / "missing.jpg"))
+    assert p.returncode == 2 and f"image {tmp_path / 'missing.jpg'} does not exist" in p.stderr
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    p = predict("--run", str(trained_run), str(bad))
+    assert p.returncode == 2 and f"image {bad} cannot be read" in p.stderr
