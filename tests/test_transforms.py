@@ -226,3 +226,21 @@ def test_transforms_pickle_for_spawned_workers():
     for tf in (lift_train_transform(32), eval_transform(32), tte_transform(32, "tencrop"),
                minimalist_train_transform(32, 5, epoch=2)):
         assert pickle.loads(pickle.dumps(tf))(coord_image(50, 40)).shape[-1] == 32
+
+
+def test_uint8_path_gives_the_same_values_as_totensor_normalize():
+    """Workers ship uint8 and the trainer normalises per batch: identical inputs to the model."""
+    from PIL import Image
+
+    from lift_dist.transforms import SharedEpoch, lift_train_transform, minimalist_train_transform, normalize_uint8, uint8_output
+
+    g = torch.Generator().manual_seed(0)
+    img = Image.fromarray((torch.rand(90, 120, 3, generator=g) * 255).to(torch.uint8).numpy())
+    for tf in (lift_train_transform(48), minimalist_train_transform(48, 5, epoch=SharedEpoch(2))):
+        u8 = uint8_output(tf)
+        torch.manual_seed(7)
+        ref = tf(img)
+        torch.manual_seed(7)
+        out = u8(img)
+        assert out.dtype == torch.uint8 and type(u8) is type(tf)
+        torch.testing.assert_close(normalize_uint8(out[None])[0], ref, atol=1e-6, rtol=0)

@@ -152,7 +152,8 @@ class ShardStream(IterableDataset):
             img, label, key = decode_sample(sample, self.num_classes)
             if self.train:
                 # Per-sample seed: augmentation independent of worker count and replayable.
-                torch.manual_seed(_stable_seed("aug", self.seed, epoch, key, seen[url] if self.resampled else 0))
+                # (CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack trace, per sample.)
+                torch.default_generator.manual_seed(_stable_seed("aug", self.seed, epoch, key, seen[url] if self.resampled else 0))
             images.append(self.transform(img))
             labels.append(label)
             keys.append(key)

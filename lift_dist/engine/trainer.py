@@ -260,7 +260,8 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         model=model, model_parameters=params, optimizer=optimizer, config=deepspeed_config(cfg, micro, accum, info.world, precision), dist_init_required=False
     )
     from lift_dist.losses import build_loss
-    from lift_dist.transforms import SharedEpoch, eval_transform, lift_train_transform, minimalist_train_transform
+    from lift_dist.transforms import (SharedEpoch, eval_transform, lift_train_transform, minimalist_train_transform,
+                                      normalize_uint8, uint8_output)
 
     loss_fn = build_loss(cfg.optim.loss, torch.as_tensor(counts), scale=cfg.model.scale).to(info.device)
 
@@ -272,6 +273,7 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         train_tf = lift_train_transform(resolution, interpolation=d.interpolation)
     else:
         train_tf = eval_transform(resolution, interpolation=d.interpolation)
+    train_tf = uint8_output(train_tf)  # workers ship uint8; normalised per batch on the device
     plan = ShardPlan(len(train_m.shard_files), train_m.shard_samples, cfg.seed, info.world)
     per_rank_resampled = math.ceil(train_m.num_samples / info.world)
     stream = ShardStream(
@@ -351,7 +353,7 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
                     x, y, _ = batch
                     n_real = len(y)
                     last_batch = batch
-                x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+                x, y = normalize_uint8(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
                 logits = engine(x)  # autocast (bf16) is applied by the engine, see deepspeed_config
                 if n_real:
                     loss_real = loss_fn(logits.float(), y)
