@@ -46,11 +46,13 @@ class AdaptFormer(PeftMethod):
     name = "adaptformer"
     config_class = AdaptFormerConfig
     identity_at_init = True
+    site = "adaptformer"  # parallel to the FFN
+    learnable_scale = True
 
     def apply(self, vit, num_classes: int) -> dict:
         check_r(self.config.r, self.name)
         layers = self.layers(vit)
         r = self.config.r or default_bottleneck(num_classes, len(layers))
         for i in layers:
-            vit.blocks[i].add("adaptformer", Bottleneck(vit.width, r, learnable_scale=True), self.name)
+            vit.blocks[i].add(self.site, Bottleneck(vit.width, r, learnable_scale=self.learnable_scale), self.name)
         return {"r": r, "layers": layers}
