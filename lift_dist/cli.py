@@ -9,7 +9,7 @@ from lift_dist.errors import LiftError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lift_dist import demo, params, predict, train
+    from lift_dist import demo, params, predict, report, train
 
     parser = argparse.ArgumentParser(prog="lift-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="class probabilities for images or a shard split from a trained run")
     predict.add_arguments(p)
     p.set_defaults(handler=predict.run)
+    p = sub.add_parser("report", help="HTML page with plots comparing one or more runs")
+    report.add_arguments(p)
+    p.set_defaults(handler=report.run)
     p = sub.add_parser("demo", help="the embedded CPU demo (default job)")
     demo.add_arguments(p)
     p.set_defaults(handler=demo.run)

@@ -32,6 +32,7 @@ DEMO_SETTINGS = [
     "data.tte_expand=8",  # 64 px images: the same relative margin as 224 + 24
     "data.shuffle_buffer=500",
     "log_every_steps=5",
+    "eval_every_epochs=2",  # validation points for the learning curves of the report
 ]
 
 
@@ -99,6 +100,10 @@ def _run(work: Path, args, t0: float) -> int:
         v = metrics[k]
         print(f"  {k:<8} {100 * v:6.2f}%" if v is not None else f"  {k:<8}    n/a")
     print(f"  without TTE: overall {100 * metrics['no_tte']['overall']:.2f}%")
+    from lift_dist.report import write_report
+
+    page = write_report([run_dir], work / "report", title="lift-dist demo")
+    print(f"[demo] report: {page}")
     print(f"[demo] trainable parameters: {metrics['trainable_params']:,} ({metrics['module_params']:,} AdaptFormer + "
           f"{metrics['head_params']:,} head); run directory: {run_dir}; {time.time() - t0:.0f}s in all")
     return 0

@@ -210,3 +210,19 @@ def test_zero1_matches_zero0_and_resumes_exactly(demo_shards, tmp_path):
     for k in w0:
         torch.testing.assert_close(w1[k], w0[k], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(wr[k], w1[k], atol=0, rtol=0)
+
+
+@pytest.mark.slow
+def test_resampled_epochs_and_too_few_shards(demo_shards, tmp_path):
+    run = tmp_path / "resampled"
+    run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "2", "--batch-size", "16", *TINY,
+                 "--set", "data.epoch_mode=resampled", "--set", "data.tte=false")
+    n = read_manifest(demo_shards, "train").num_samples
+    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    # Each rank draws ceil(N / world) samples per epoch (shards with replacement).
+    assert [h["samples"] for h in history] == [2 * -(-n // 2)] * 2
+    # 6 training shards cannot feed 2 ranks × 4 workers: a clear message instead of a hang.
+    proc = run_torchrun(2, "--shards", str(demo_shards), "--out", str(tmp_path / "few"), "--epochs", "1", *TINY,
+                        "--workers", "4", check=False)
+    assert proc.returncode != 0
+    assert "has 6 'train' shard(s) but 2 rank(s) × 4 data worker(s) need at least 8" in proc.stderr + proc.stdout
