@@ -83,17 +83,21 @@ def run(forward, params, x, y, steps, warmup, precision, device):
 def forward_flops(forward, x) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16), FlopCounterMode(display=False) as fc:
         forward(x[:1])
     return fc.get_total_flops() * x.shape[0]
 
 
-def measure(name, peft, batch, steps, warmup, device, precision, num_classes, compile_model, channels_last):
+def measure(name, peft, batch, steps, warmup, device, precision, num_classes, compile_model, channels_last, frozen_bf16=False):
     torch.manual_seed(0)
     model, _ = build_model(ModelConfig(name=name, peft=[peft], head_init="random"), num_classes)
     model.to(device).train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    if frozen_bf16:  # frozen weights stored in bf16: no per-step autocast casts of 86M parameters
+        for p in model.parameters():
+            if not p.requires_grad and p.ndim >= 2:  # matmul / conv weights; LayerNorms stay fp32
+                p.data = p.data.to(torch.bfloat16)
     res = model.encoder.image_size
     x = torch.randn(batch, 3, res, res, device=device)
     if channels_last:
@@ -129,11 +133,12 @@ def main():
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--frozen-bf16", action="store_true", help="store frozen weights in bf16 (ours only)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     device = torch.device(a.device)
-    rows = [measure(m, pe, a.batch, a.steps, a.warmup, device, a.precision, a.num_classes, a.compile, a.channels_last)
+    rows = [measure(m, pe, a.batch, a.steps, a.warmup, device, a.precision, a.num_classes, a.compile, a.channels_last, a.frozen_bf16)
             for m in a.models.split(",") for pe in a.pefts.split(",")]
     if a.json:
         print(json.dumps(rows, indent=2))
