@@ -26,15 +26,10 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lift_dist.data.manifest import read_manifest  # noqa: E402
-from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch  # noqa: E402
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch  # noqa: E402
 from lift_dist.shards import build_image_folder  # noqa: E402
 from lift_dist.shards.synthetic import photo_jpegs  # noqa: E402
 from lift_dist.transforms import lift_train_transform, normalize_uint8, uint8_output  # noqa: E402
-
-
-class _Zero:
-    def get(self):
-        return 0
 
 
 def make_images(root: Path, n: int, classes: int, seed: int) -> None:
@@ -56,7 +51,7 @@ def time_folder(root: Path, workers: int, batch: int, res: int) -> float:
 
 def time_shards(shards: Path, workers: int, batch: int, res: int) -> float:
     m = read_manifest(shards, "train")
-    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, _Zero(), uint8_output(lift_train_transform(res)),
+    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(lift_train_transform(res)),
                          train=True, num_classes=m.num_classes, shuffle_buffer=500)
     loader = make_loader(stream, workers)
     t0 = time.perf_counter()

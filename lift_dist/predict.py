@@ -95,17 +95,13 @@ def predict_shards(model, cfg, classes, shards, split, tte, top_k, batch_size, o
     import pyarrow.parquet as pq
 
     from lift_dist.data.manifest import read_manifest
-    from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch
+    from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
 
     m = read_manifest(shards, split)
     if m.num_classes != len(classes["names"]):
         raise DataError(f"{shards} '{split}' has {m.num_classes} classes but the run was trained on {len(classes['names'])}")
 
-    class _Zero:
-        def get(self):
-            return 0
-
-    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, _Zero(), transform_for(cfg, model, tte),
+    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), transform_for(cfg, model, tte),
                          train=False, num_classes=m.num_classes)
     cols = {"key": [], "label": [], "predicted": [], "probability": [], "top_k_labels": [], "top_k_probabilities": []}
     for x, y, keys in rebatch(iter(make_loader(stream, 1)), batch_size):

@@ -1,7 +1,6 @@
 """Lightweight modules: identity at init, gradients, parameter counts, layer selection, bad input."""
 
 import copy
-import json
 
 import pytest
 import torch

@@ -226,3 +226,32 @@ def test_resampled_epochs_and_too_few_shards(demo_shards, tmp_path):
                         "--workers", "4", check=False)
     assert proc.returncode != 0
     assert "has 6 'train' shard(s) but 2 rank(s) × 4 data worker(s) need at least 8" in proc.stderr + proc.stdout
+
+
+def test_class_mean_and_semantic_head_init_in_the_trainer(demo_shards):
+    """The trainer's distributed class-mean init (sums + counts, up to 100 images per class) equals
+    head_init.class_mean_weights on the same features; semantic init equals semantic_weights."""
+    from lift_dist.data.pipeline import FixedEpoch
+    from lift_dist.engine.distributed import DistInfo
+    from lift_dist.engine.trainer import init_head
+    from lift_dist.head_init import class_mean_weights, semantic_weights
+    from lift_dist.model.backbone import get_tokenizer
+    from lift_dist.transforms import eval_transform
+
+    cfg = load_config(None, None, ["model.name=tiny", "model.pretrained=null", "model.head_init=class_mean"])
+    m = read_manifest(demo_shards, "train")
+    model, clip = build_model(cfg.model, m.num_classes)
+    info = DistInfo(0, 1, 0, torch.device("cpu"), "gloo", "single")
+    init_head(model, clip, cfg, info, m.class_names, m, 64)
+    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), eval_transform(64),
+                         train=False, num_classes=m.num_classes)
+    xs, ys = zip(*[(x, y) for x, y, _ in rebatch(iter(make_loader(stream, 0)), 64)])
+    with torch.no_grad():
+        feats = model.features(torch.cat(xs))
+    expected = class_mean_weights(feats, torch.cat(ys), m.num_classes)
+    torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-5, rtol=1e-4)
+
+    cfg.model.head_init = "semantic"
+    init_head(model, clip, cfg, info, m.class_names, m, 64)
+    expected = semantic_weights(clip, get_tokenizer("tiny"), m.class_names)
+    torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-6, rtol=1e-5)

@@ -60,6 +60,16 @@ class ShardPlan:
         return sum(self.shard_samples[i] for i in self.rank_shards(epoch, rank, shuffle))
 
 
+class FixedEpoch:
+    """An epoch value that never changes (evaluation, prediction, feature extraction)."""
+
+    def __init__(self, value: int = 0):
+        self.value = value
+
+    def get(self) -> int:
+        return self.value
+
+
 def check_shard_count(manifest: Manifest, world: int, workers: int, what: str) -> None:
     n = len(manifest.shard_files)
     if n < world * max(1, workers):

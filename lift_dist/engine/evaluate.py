@@ -9,14 +9,9 @@ import torch.distributed as dist
 
 from lift_dist.data.manifest import Manifest
 from lift_dist.engine.distributed import all_reduce_sum_
-from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
 from lift_dist.metrics import MetricAccumulator
 from lift_dist.transforms import average_crop_logits, eval_transform, tte_transform
-
-
-class _ConstEpoch:
-    def get(self) -> int:
-        return 0
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -52,7 +47,7 @@ def evaluate(
     )
     plan = ShardPlan(len(manifest.shard_files), manifest.shard_samples, seed=0, world=world)
     workers = max(0, min(workers, len(plan.rank_shards(0, rank, shuffle=False))))
-    stream = ShardStream(manifest, plan, rank, _ConstEpoch(), transform, train=False, num_classes=num_classes)
+    stream = ShardStream(manifest, plan, rank, FixedEpoch(), transform, train=False, num_classes=num_classes)
     loader = make_loader(stream, workers)
     was_training = model.training
     model.eval()
@@ -88,7 +83,6 @@ def load_run(run_dir, checkpoint_dir=None, num_classes: int | None = None):
     trainable-only checkpoint. Returns (model, config)."""
     from pathlib import Path
 
-    import yaml
 
     from lift_dist.config import load_config
     from lift_dist.engine import checkpoint

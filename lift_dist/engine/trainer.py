@@ -13,7 +13,6 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch.distributed as dist
 from lift_dist.config import RunConfig, save_yaml
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import (
+    FixedEpoch,
     ShardPlan,
     ShardStream,
     check_shard_count,
@@ -131,11 +131,7 @@ def init_head(model, clip, cfg: RunConfig, info: DistInfo, class_names: list[str
     counts = torch.zeros(C, dtype=torch.int64)
     plan = ShardPlan(len(train_manifest.shard_files), train_manifest.shard_samples, cfg.seed, info.world)
 
-    class _Zero:
-        def get(self):
-            return 0
-
-    stream = ShardStream(train_manifest, plan, info.rank, _Zero(), eval_transform(resolution, cfg.data.interpolation), train=False, num_classes=C)
+    stream = ShardStream(train_manifest, plan, info.rank, FixedEpoch(), eval_transform(resolution, cfg.data.interpolation), train=False, num_classes=C)
     model.eval()
     with torch.no_grad():
         for x, y, _ in rebatch(iter(make_loader(stream, 0)), 64):
