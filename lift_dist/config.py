@@ -37,6 +37,9 @@ class DataConfig:
     tte_mode: str = "fivecrop"
     tte_expand: int = 24
     eval_batch_size: int = 64
+    # Decode large training JPEGs at a reduced DCT scale (shorter side still >= resolution·8/7).
+    # Matters for shards built with --no-resize; resized shards (default 256 px) are left as they are.
+    jpeg_draft: bool = True
 
 
 @dataclass

@@ -255,3 +255,23 @@ def test_class_mean_and_semantic_head_init_in_the_trainer(demo_shards):
     init_head(model, clip, cfg, info, m.class_names, m, 64)
     expected = semantic_weights(clip, get_tokenizer("tiny"), m.class_names)
     torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_jpeg_draft_decoding_keeps_enough_pixels():
+    import io
+
+    from PIL import Image
+
+    from lift_dist.data.pipeline import decode_sample
+
+    buf = io.BytesIO()
+    Image.new("RGB", (800, 600), (120, 30, 200)).save(buf, "JPEG")
+    sample = {"__key__": "k", "jpg": buf.getvalue(), "cls": b"3"}
+    full, label, _ = decode_sample(sample, 10)
+    assert full.size == (800, 600) and label == 3
+    small, _, _ = decode_sample(sample, 10, min_side=256)
+    assert small.size == (400, 300)  # 1/2 scale: the smallest DCT scale keeping the shorter side >= 256
+    assert decode_sample(sample, 10, min_side=400)[0].size == (800, 600)  # 1/2 would drop below 400
+    png = io.BytesIO()
+    Image.new("RGB", (800, 600)).save(png, "PNG")
+    assert decode_sample({"__key__": "p", "png": png.getvalue(), "cls": b"0"}, 10, min_side=256)[0].size == (800, 600)

@@ -81,7 +81,10 @@ def check_shard_count(manifest: Manifest, world: int, workers: int, what: str) -
         )
 
 
-def decode_sample(sample: dict, num_classes: int) -> tuple[Image.Image, int, str]:
+def decode_sample(sample: dict, num_classes: int, min_side: int | None = None) -> tuple[Image.Image, int, str]:
+    """Decode one sample. With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
+    whose shorter side is still >= min_side (PIL draft mode): shards built with --no-resize then
+    cost little more than resized ones."""
     key = sample.get("__key__", "?")
     where = f"sample '{key}' in {sample.get('__url__', '?')}"
     img_key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -94,7 +97,11 @@ def decode_sample(sample: dict, num_classes: int) -> tuple[Image.Image, int, str
     if not 0 <= label < num_classes:
         raise DataError(f"{where}: label {label} is outside 0..{num_classes - 1} of the manifest")
     try:
-        img = Image.open(io.BytesIO(sample[img_key])).convert("RGB")
+        img = Image.open(io.BytesIO(sample[img_key]))
+        if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+            k = min_side / min(img.size)
+            img.draft("RGB", (max(1, round(img.width * k)), max(1, round(img.height * k))))
+        img = img.convert("RGB")
     except Exception as e:
         raise DataError(f"{where}: image cannot be decoded ({type(e).__name__}: {e})") from None
     return img, label, key
@@ -118,6 +125,7 @@ class ShardStream(IterableDataset):
         seed: int = 0,
         samples_per_rank: int | None = None,
         chunk: int = 16,
+        decode_min_side: int | None = None,
     ):
         super().__init__()
         self.files = [str(f) for f in manifest.shard_files]
@@ -125,7 +133,7 @@ class ShardStream(IterableDataset):
         self.plan, self.rank, self.epoch_value = plan, rank, epoch_value
         self.transform, self.train, self.num_classes = transform, train, num_classes
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
-        self.samples_per_rank, self.chunk = samples_per_rank, chunk
+        self.samples_per_rank, self.chunk, self.decode_min_side = samples_per_rank, chunk, decode_min_side
 
     def _urls(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict]:
         if self.resampled:
@@ -159,7 +167,7 @@ class ShardStream(IterableDataset):
                 break
             url = sample.get("__url__", "?")
             seen[url] = seen.get(url, 0) + 1
-            img, label, key = decode_sample(sample, self.num_classes)
+            img, label, key = decode_sample(sample, self.num_classes, self.decode_min_side)
             if self.train:
                 # Per-sample seed: augmentation independent of worker count and replayable.
                 # (CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack trace, per sample.)
