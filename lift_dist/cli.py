@@ -11,23 +11,19 @@ from lift_dist.errors import LiftError
 def build_parser() -> argparse.ArgumentParser:
     from lift_dist import demo, params, predict, report, train
 
+    commands = (
+        ("params", params, "trainable-parameter report for a model + module (no download)"),
+        ("train", train, "train on a shard directory (one process, or one of N under torchrun/srun)"),
+        ("predict", predict, "class probabilities for images or a shard split from a trained run"),
+        ("report", report, "HTML page with plots comparing one or more runs"),
+        ("demo", demo, "the embedded CPU demo (default job)"),
+    )
     parser = argparse.ArgumentParser(prog="lift-dist", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("params", help="trainable-parameter report for a model + module (no download)")
-    params.add_arguments(p)
-    p.set_defaults(handler=params.run)
-    p = sub.add_parser("train", help="train on a shard directory (one process, or one of N under torchrun/srun)")
-    train.add_arguments(p)
-    p.set_defaults(handler=train.run)
-    p = sub.add_parser("predict", help="class probabilities for images or a shard split from a trained run")
-    predict.add_arguments(p)
-    p.set_defaults(handler=predict.run)
-    p = sub.add_parser("report", help="HTML page with plots comparing one or more runs")
-    report.add_arguments(p)
-    p.set_defaults(handler=report.run)
-    p = sub.add_parser("demo", help="the embedded CPU demo (default job)")
-    demo.add_arguments(p)
-    p.set_defaults(handler=demo.run)
+    for name, module, help_text in commands:
+        p = sub.add_parser(name, help=help_text)
+        module.add_arguments(p)
+        p.set_defaults(handler=module.run)
     return parser
 
 
