@@ -88,7 +88,7 @@ def _run(work: Path, args, t0: float) -> int:
     ]
     for s in DEMO_SETTINGS:
         cmd += ["--set", s]
-    print(f"[demo] training on {args.ranks} gloo ranks: {' '.join(cmd[2:6])} -m lift_dist.train ...", flush=True)
+    print(f"[demo] training on {args.ranks} gloo ranks (torchrun + DeepSpeed): python -m lift_dist.train --shards {shards} ...", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.ranks)))
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
