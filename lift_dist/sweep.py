@@ -184,6 +184,18 @@ def _history(run_dir: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 
+def _die_with_parent() -> None:
+    """In a trial's training process: get SIGTERM when the Ray worker that started it dies (a killed
+    driver must not leave trainings running that a resumed sweep would then race with)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def make_trainable():
     from ray import tune
 
@@ -217,7 +229,7 @@ def make_trainable():
                 for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
                     env.pop(k, None)
                 self.proc = subprocess.Popen([sys.executable, "-m", "lift_dist.train", *self._argv(resume)],
-                                             stdout=log, stderr=subprocess.STDOUT, env=env)
+                                             stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
             else:
                 from lift_dist.launch import TrainTask, add_arguments, make_executor
                 import argparse
@@ -230,9 +242,11 @@ def make_trainable():
         def _running(self) -> bool:
             if self.proc is not None:
                 return self.proc.poll() is None
-            return not self.job.done()
+            return self.job is not None and not self.job.done()
 
         def _failed(self) -> str | None:
+            if self.proc is None and self.job is None:
+                return None
             if self.proc is not None:
                 return None if self.proc.returncode == 0 else f"training exited with {self.proc.returncode}; see {self.run_dir / 'train.log'}"
             try:
