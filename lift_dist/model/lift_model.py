@@ -40,7 +40,10 @@ class LiftModel(nn.Module):
         self.config = config
         self.num_classes = num_classes
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, cached_from: int | None = None) -> torch.Tensor:
+        """Logits for images, or for cached frozen features (`encoder.forward_to(images, cached_from)`)."""
+        if cached_from is not None:
+            return self.head(self.encoder.forward_from(images, cached_from))
         return self.head(self.encoder(images))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -167,3 +167,31 @@ class PeftViT(nn.Module):
         for blk in self.blocks:
             x = blk(x, self.seq_len)
         return self.ln_post(x[:, 0])
+
+    # ---- split at a frozen prefix (cached features) -------------------------------------------
+    def frozen_prefix(self) -> int:
+        """How much of the encoder is a fixed function of the image: the index of the first block a
+        module changes or trains (0 if the embedding is trained), or num_layers + 1 when only the head
+        is trained (then the final feature itself is fixed)."""
+        embed = [self.conv1.weight, self.class_embedding, self.positional_embedding, *self.ln_pre.parameters()]
+        if any(p.requires_grad for p in embed):
+            return 0
+        for i, blk in enumerate(self.blocks):
+            if len(blk.sites) or len(blk.weights) or any(p.requires_grad for p in blk.parameters()):
+                return i
+        return self.num_layers + int(not any(p.requires_grad for p in self.ln_post.parameters()))
+
+    def forward_to(self, images: torch.Tensor, cut: int) -> torch.Tensor:
+        """Tokens entering block `cut` (B, N, D), or the final feature (B, D) for cut = num_layers + 1."""
+        x = self.embed(images)
+        for blk in self.blocks[: min(cut, self.num_layers)]:
+            x = blk(x, self.seq_len)
+        return self.ln_post(x[:, 0]) if cut > self.num_layers else x
+
+    def forward_from(self, x: torch.Tensor, cut: int) -> torch.Tensor:
+        """The rest of `forward` from what `forward_to(images, cut)` returned."""
+        if cut > self.num_layers:
+            return x
+        for blk in self.blocks[cut:]:
+            x = blk(x, self.seq_len)
+        return self.ln_post(x[:, 0])

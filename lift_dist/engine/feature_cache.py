@@ -1,0 +1,163 @@
+"""Cached frozen features: train head-only or last-k runs without re-running the frozen blocks.
+
+When augmentation is off, everything before the first block a module touches is a fixed function of
+the image, so its output can be computed once and read back every epoch. The cache is opt-in
+(`data.feature_cache=DIR`) and lives in `DIR/<key>/`, where the key hashes everything that decides
+those features (model, weights, resolution, interpolation, cut point, precision, the shards' sha256);
+change any of them and a new cache is built beside the old one.
+
+    DIR/<key>/meta.json                       what the key was computed from (for people)
+    DIR/<key>/shard-000042.features.npy       float32/float16 (n, D) or (n, tokens, D), one per shard
+    DIR/<key>/shard-000042.labels.npy         int64 (n,)
+
+One file pair per shard, written to a temporary name and renamed, so an interrupted build keeps what
+it finished and any world size can read any cache. Ranks build disjoint shards, then read all.
+Training order matches exact epochs: the (seed, epoch) shard order split across ranks, then a seeded
+full shuffle of each rank's samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from lift_dist.data.manifest import Manifest
+from lift_dist.data.pipeline import ShardPlan, _stable_seed, decode_sample
+from lift_dist.errors import ConfigError, DataError
+
+FORMAT_VERSION = 1
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+def weights_identity(pretrained: str | None) -> str:
+    """A local weights file is named by path, size and mtime (hashing GBs each run costs too much)."""
+    if pretrained and Path(pretrained).is_file():
+        st = Path(pretrained).stat()
+        return f"file:{Path(pretrained).resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    return f"tag:{pretrained}" if pretrained else "random-init-seed-0"
+
+
+def cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+@dataclass
+class FeatureCache:
+    directory: Path
+    cut: int  # features entering block `cut`; cut == num_layers + 1: the final ln_post(CLS) feature
+    manifest: Manifest
+    dtype: str
+
+    # ---- building -----------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, model, cfg, manifest: Manifest, info, resolution: int, precision: str, log=print) -> "FeatureCache":
+        """Find or build this run's cache (every rank builds its share of missing shards), then barrier."""
+        import torch.distributed as dist
+
+        d = cfg.data  # augment=none, exact epochs and the dtype are checked by config.validate
+        cut = model.encoder.frozen_prefix()
+        if cut == 0:
+            raise ConfigError(
+                f"data.feature_cache: the modules {list(cfg.model.peft)} change the first block or the embedding, "
+                "so no frozen part is left to cache; use it with head-only (none) or partial/full with layers last:k"
+            )
+        parts = {
+            "format": FORMAT_VERSION, "model": cfg.model.name, "weights": weights_identity(cfg.model.pretrained),
+            "resolution": resolution, "interpolation": d.interpolation, "jpeg_draft": d.jpeg_draft, "cut": cut,
+            "precision": precision, "dtype": d.cache_dtype, "split": manifest.split, "shards": manifest.shard_sha256,
+        }
+        directory = Path(d.feature_cache) / cache_key(parts)
+        cache = cls(directory, cut, manifest, d.cache_dtype)
+        if info.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+            meta = directory / "meta.json"
+            if not meta.is_file():
+                tmp = meta.with_suffix(".tmp")
+                tmp.write_text(json.dumps(parts | {"num_samples": manifest.num_samples}, indent=2))
+                os.replace(tmp, meta)
+        dist.barrier()
+        missing = [i for i in range(len(manifest.shard_files)) if not cache.has_shard(i)]
+        if info.is_main:
+            what = "final features" if cut > model.encoder.num_layers else f"tokens entering block {cut}"
+            log(f"feature cache {directory}: {what}; "
+                + (f"building {len(missing)} of {len(manifest.shard_files)} shard(s)" if missing else "complete, reused"))
+        mine = missing[info.rank :: info.world]
+        if mine:
+            cache._build(model, mine, resolution, d, info.device, precision)
+        dist.barrier()
+        still = [i for i in range(len(manifest.shard_files)) if not cache.has_shard(i)]
+        if still:
+            raise DataError(f"feature cache {directory}: shard(s) {still[:5]} were not written")
+        return cache
+
+    def _paths(self, i: int) -> tuple[Path, Path]:
+        stem = self.directory / f"shard-{i:06d}"
+        return Path(f"{stem}.features.npy"), Path(f"{stem}.labels.npy")
+
+    def has_shard(self, i: int) -> bool:
+        fp, lp = self._paths(i)
+        if not (fp.is_file() and lp.is_file()):
+            return False
+        try:
+            return np.load(lp, mmap_mode="r").shape[0] == self.manifest.shard_samples[i]
+        except (OSError, ValueError):
+            return False
+
+    def _build(self, model, shards: list[int], resolution: int, d, device: torch.device, precision: str) -> None:
+        from lift_dist.transforms import eval_transform
+
+        tf = eval_transform(resolution, d.interpolation)
+        min_side = resolution * 8 // 7 if d.jpeg_draft else None
+        C = self.manifest.num_classes
+        was_training = model.training
+        model.eval()
+        for i in shards:
+            url = str(self.manifest.shard_files[i])
+            feats, labels, images = [], [], []
+
+            def flush():
+                if images:
+                    x = torch.stack(images).to(device)
+                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        f = model.encoder.forward_to(x, self.cut)
+                    feats.append(f.float().cpu().numpy().astype(DTYPES[self.dtype]))
+                    images.clear()
+
+            for sample in wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": url}]):
+                img, label, _ = decode_sample(sample, C, min_side)
+                images.append(tf(img))
+                labels.append(label)
+                if len(images) == 64:
+                    flush()
+            flush()
+            if len(labels) != self.manifest.shard_samples[i]:
+                raise DataError(f"shard {url} holds {len(labels)} samples but its manifest says {self.manifest.shard_samples[i]}")
+            fp, lp = self._paths(i)
+            for path, arr in ((fp, np.concatenate(feats)), (lp, np.asarray(labels, dtype=np.int64))):
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+                os.replace(tmp, path)
+        model.train(was_training)
+
+    # ---- reading ------------------------------------------------------------------------------
+    def batches(self, plan: ShardPlan, epoch: int, rank: int, seed: int, batch_size: int) -> Iterator[tuple]:
+        """This rank's epoch as (features, labels, keys) batches; keys are 'shard:row'."""
+        shards = plan.rank_shards(epoch, rank, shuffle=True)
+        arrays = {i: (np.load(self._paths(i)[0], mmap_mode="r"), np.load(self._paths(i)[1])) for i in shards}
+        index = [(i, row) for i in shards for row in range(len(arrays[i][1]))]
+        random.Random(_stable_seed("cache", seed, epoch, rank)).shuffle(index)
+        for lo in range(0, len(index), batch_size):
+            part = index[lo : lo + batch_size]
+            x = torch.from_numpy(np.stack([arrays[i][0][row] for i, row in part]).astype(np.float32))
+            y = torch.from_numpy(np.asarray([arrays[i][1][row] for i, row in part], dtype=np.int64))
+            yield x, y, [f"{i}:{row}" for i, row in part]

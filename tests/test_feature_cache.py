@@ -1,0 +1,73 @@
+"""Cached frozen features (data.feature_cache): same training as from images, built once, keyed by config."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_env
+from lift_dist.data.manifest import read_manifest
+from lift_dist.model.lift_model import ModelConfig, build_model
+from test_train import TINY, latest_weights
+
+
+@pytest.mark.parametrize("peft, layers, expected", [("none", None, "L+1"), ("partial", "last:1", "L-1"),
+                                                     ("full", "last:2", "L-2"), ("adaptformer", None, 0)])
+def test_frozen_prefix_and_split_forward(peft, layers, expected):
+    model, _ = build_model(ModelConfig(name="tiny", peft=[peft], layers=layers, head_init="random"), 5)
+    enc = model.encoder
+    L = enc.num_layers
+    cut = enc.frozen_prefix()
+    assert cut == {"L+1": L + 1, "L-1": L - 1, "L-2": L - 2, 0: 0}[expected]
+    x = torch.randn(3, 3, enc.image_size, enc.image_size)
+    with torch.no_grad():
+        for c in {cut, 1, L, L + 1}:
+            state = enc.forward_to(x, c)
+            assert state.shape == ((3, enc.width) if c > L else (3, enc.seq_len, enc.width))
+            torch.testing.assert_close(model(state, cached_from=c), model(x), atol=1e-5, rtol=1e-5)
+
+
+def train(shards, out, *extra):
+    cmd = [sys.executable, "-m", "lift_dist.train", "--shards", str(shards), "--out", str(out), "--epochs", "2",
+           "--batch-size", "256", *TINY, "--set", "data.augment=none", "--set", "data.tte=false",
+           "--set", "model.head_init=random", "--set", "optim.lr=0.5", *extra]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    return p.stdout, json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("peft", ["none", "partial"])
+def test_cached_training_equals_image_training(demo_shards, tmp_path, peft):
+    """With one step per epoch (batch = the whole training set) sample order cannot matter, so the run
+    from cached features must train the same weights as the run from images."""
+    module = ["--peft", peft] + (["--set", "model.layers=last:1"] if peft == "partial" else [])
+    _, plain = train(demo_shards, tmp_path / "plain", *module)
+    cache = tmp_path / "cache"
+    log, cached = train(demo_shards, tmp_path / "cached", *module, "--set", f"data.feature_cache={cache}")
+    assert "building 6 of 6 shard(s)" in log
+    a, b = latest_weights(tmp_path / "plain"), latest_weights(tmp_path / "cached")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)
+    assert cached["overall"] == pytest.approx(plain["overall"], abs=1 / 60 + 1e-9)  # at most one test image flips
+    # A second run reuses the cache; a change to the frozen part (resolution) gets a new key.
+    log, again = train(demo_shards, tmp_path / "again", *module, "--set", f"data.feature_cache={cache}")
+    assert "complete, reused" in log and again["overall"] == cached["overall"]
+    keys = sorted(p.name for p in cache.iterdir())
+    assert len(keys) == 1
+    meta = json.loads((cache / keys[0] / "meta.json").read_text())
+    assert meta["num_samples"] == read_manifest(demo_shards, "train").num_samples
+    assert meta["cut"] == (5 if peft == "none" else 3)  # tiny has 4 blocks: after ln_post / before the last block
+
+
+def test_cache_refuses_augmentation_and_modules_in_the_first_block(demo_shards, tmp_path):
+    base = [sys.executable, "-m", "lift_dist.train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
+            "--set", f"data.feature_cache={tmp_path / 'c'}"]
+    p = subprocess.run(base + ["--peft", "none"], capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and "data.feature_cache needs data.augment=none (got 'lift')" in p.stderr
+    p = subprocess.run(base + ["--peft", "adaptformer", "--set", "data.augment=none"], capture_output=True, text=True,
+                       env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and "no frozen part is left to cache" in p.stderr and "Traceback" not in p.stderr
