@@ -40,6 +40,10 @@ class DataConfig:
     # Decode large training JPEGs at a reduced DCT scale (shorter side still >= resolution·8/7).
     # Matters for shards built with --no-resize; resized shards (default 256 px) are left as they are.
     jpeg_draft: bool = True
+    # Opt-in: a directory for cached frozen features (head-only or last-k training with augment=none);
+    # one sub-directory per config hash, reused by every later run with the same frozen part.
+    feature_cache: str | None = None
+    cache_dtype: str = "float32"  # float32 | float16 (half the disk for token caches)
 
 
 @dataclass
@@ -74,6 +78,7 @@ class RunConfig:
     keep_checkpoints: int = 2
     eval_every_epochs: int = 0  # 0: evaluate once at the end
     log_every_steps: int = 10
+    profile_phases: bool = False  # time data / forward / backward / all-reduce / optimizer per epoch (history.jsonl)
     max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs); for tests/benchmarks
     preset: str | None = None
 
@@ -191,6 +196,7 @@ def validate(cfg: RunConfig) -> None:
         "data.epoch_mode": (d.epoch_mode, ("exact", "resampled")),
         "data.tte_mode": (d.tte_mode, ("fivecrop", "tencrop")),
         "data.interpolation": (d.interpolation, ("bilinear", "bicubic")),
+        "data.cache_dtype": (d.cache_dtype, ("float32", "float16")),
         "data.mda_schedule": (d.mda_schedule, ("convex", "linear", "concave", "min", "max")),
         "optim.optimizer": (o.optimizer, ("sgd", "adamw")),
         "optim.schedule": (o.schedule, ("cosine_epoch", "cosine_step", "constant")),
@@ -215,6 +221,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}")
     if d.workers < 0:
         raise ConfigError(f"data.workers must be >= 0, got {d.workers}")
+    if d.feature_cache and d.augment != "none":
+        raise ConfigError(f"data.feature_cache needs data.augment=none (got {d.augment!r}): augmented images change every epoch")
+    if d.feature_cache and d.epoch_mode != "exact":
+        raise ConfigError("data.feature_cache reads every training sample once per epoch; use data.epoch_mode=exact")
     if cfg.model.prompt == "descriptions" and not cfg.model.descriptions:
         raise ConfigError("model.prompt=descriptions needs model.descriptions=<JSON file of sentences per class>")
 

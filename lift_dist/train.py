@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, e.g. --set optim.zero_stage=1 --set data.tte=false (repeatable)")
+    # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
 
 
 SHORTCUTS = {

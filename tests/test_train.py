@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -32,7 +33,7 @@ def latest_weights(run: Path) -> dict:
 def test_two_rank_run_end_to_end(demo_shards, tmp_path):
     run = tmp_path / "run"
     run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "2", "--batch-size", "16", *TINY,
-                 "--set", "optim.lr=0.05")
+                 "--set", "optim.lr=0.05", "--set", "profile_phases=true")
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("overall", "mean_class", "head", "medium", "tail", "epochs", "trainable_params"):
         assert key in metrics
@@ -51,6 +52,12 @@ def test_two_rank_run_end_to_end(demo_shards, tmp_path):
     history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]
     assert sum(read_manifest(demo_shards, "train").shard_samples) == history[0]["samples"]
+    # profile_phases: the step's time split, with DeepSpeed's gradient all-reduce timed apart from backward.
+    for h in history:
+        t = h["phases_s"]
+        assert set(t) == {"data", "forward", "backward", "all_reduce", "optimizer"}
+        assert all(v >= 0 for v in t.values()) and t["all_reduce"] > 0 and t["forward"] > 0
+        assert sum(t.values()) <= h["time_s"] * 1.01
 
 
 def test_exact_epoch_mode_sees_every_sample_once(demo_shards):
@@ -181,6 +188,12 @@ def test_manifest_shard_mismatch_is_named(demo_shards, tmp_path):
     p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY],
                        capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
     assert p.returncode == 2 and "shard(s) that do not exist" in p.stderr and victim.name in p.stderr
+    # A shard replaced after the build (other size than listed) stops the run at start-up, named.
+    shutil.copy(demo_shards / victim.name, victim)
+    victim.write_bytes(victim.read_bytes()[:-10240])  # truncated: the tar's end blocks are gone
+    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY],
+                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    assert p.returncode == 2 and f"shard {victim} is" in p.stderr and "bytes but its manifest says" in p.stderr, p.stderr
 
 
 @pytest.mark.slow
@@ -189,10 +202,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_shards, tmp_path):
     proc = run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "3", "--batch-size", "16", *TINY,
                         "--set", "optim.lr=1e30", "--set", "model.head=linear", "--set", "model.head_init=random",
                         "--set", "checkpoint_every_steps=1", check=False)
+    out = proc.stderr + proc.stdout
     assert proc.returncode != 0
-    assert "loss became NaN/inf at epoch" in proc.stderr + proc.stdout
-    assert "the last good checkpoint is" in proc.stderr + proc.stdout or "no checkpoint was written" in proc.stderr + proc.stdout
+    stop = re.search(r"(loss became NaN/inf at epoch \d+, step (\d+)|weights became NaN/inf in optimizer step (\d+))", out)
+    assert stop, out[-3000:]
     assert not (run / "metrics.json").exists()
+    # The checkpoint it names is really good: written before the failing step, every tensor finite.
+    named = re.search(r"the last good checkpoint is (\S+?)(?:\n|$)", out)
+    assert named or "no checkpoint was written before it" in out
+    if named:
+        ckpt = Path(named.group(1))
+        failed_step = int(stop.group(2) or stop.group(3))
+        assert int(ckpt.name.split("-")[1]) < failed_step
+        assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "trainable.safetensors")).values())
 
 
 @pytest.mark.slow

@@ -76,6 +76,16 @@ class Manifest:
     shard_sha256: list[str]
     summary: dict = field(default_factory=dict)
     extra_class_columns: dict = field(default_factory=dict)
+    shard_bytes: list[int] = field(default_factory=list)
+
+    def check_sizes(self) -> None:
+        """Every shard still has the size its manifest lists (a cheap stat; `verify` checks sha256).
+        Caught here, a replaced or truncated shard stops every rank at start-up, not one rank mid-epoch."""
+        for f, expected in zip(self.shard_files, self.shard_bytes):
+            actual = f.stat().st_size
+            if actual != expected:
+                raise DataError(f"shard {f} is {actual} bytes but its manifest says {expected}: it changed after the "
+                                f"build; rebuild it (shards/build.py resumes) or run `shards/build.py verify {self.root}`")
 
     @property
     def num_classes(self) -> int:
@@ -131,6 +141,7 @@ def read_manifest(root: str | os.PathLike, split: str) -> Manifest:
         shard_files=files,
         shard_samples=[int(n) for n in shards["num_samples"]],
         shard_sha256=[str(s) for s in shards["sha256"]],
+        shard_bytes=[int(b) for b in shards["bytes"]],
         summary=summary,
         extra_class_columns=extra,
     )

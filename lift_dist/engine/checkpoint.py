@@ -4,7 +4,7 @@
         trainable.safetensors     every trainable tensor (modules + head), nothing frozen
         optimizer-rank{r}.pt      optimizer state (rank 0 only under ZeRO 0; each rank's shard under ZeRO 1)
         rng-rank{r}.pt            torch / numpy / python RNG states
-        state.json                step, epoch, position in the epoch, scheduler, config digest
+        state.json                step, epoch, position in the epoch, the run's data/step layout
     RUN/checkpoints/latest        name of the newest complete checkpoint
 
 Every rank writes into `step-XXXXXXXX.tmp/`; after a barrier rank 0 renames it and rewrites `latest`
@@ -89,6 +89,18 @@ def resolve(run_dir: Path, resume: str) -> Path | None:
     if not (path / "trainable.safetensors").is_file() or not (path / "state.json").is_file():
         raise DataError(f"{path} is not a complete lift-dist checkpoint (needs trainable.safetensors and state.json)")
     return path
+
+
+def check_same_run(path: Path, saved: dict | None, current: dict) -> None:
+    """Refuse a resume whose data order or step layout differs from the checkpoint's run."""
+    if not saved:
+        return  # written before run signatures existed
+    diff = [f"{k} {saved[k]} -> {current[k]}" for k in current if k in saved and saved[k] != current[k]]
+    if diff:
+        raise DataError(
+            f"{path} was written by a run with other settings ({'; '.join(diff)}); resuming would skip or repeat "
+            "samples. Resume with the original settings, or start a new run directory"
+        )
 
 
 def load_trainable(path: Path) -> dict[str, torch.Tensor]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import socket
 import subprocess
 from dataclasses import dataclass
@@ -42,12 +43,14 @@ def slurm_master_addr(nodelist: str) -> str:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30)
         return out.stdout.split()[0]
     except (OSError, subprocess.SubprocessError, IndexError):
-        return nodelist.split(",")[0].split("[")[0]
+        # No scontrol: expand the first entry by hand, e.g. 'gpu[07-12,15],cpu1' -> 'gpu07'.
+        m = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
+        return (m.group(1) + (m.group(2) or "")) if m else nodelist
 
 
 def slurm_master_port(job_id: str) -> int:
     # Derived from the job id so that jobs sharing a node do not clash; same on every task.
-    return 20000 + int(job_id) % 20000
+    return 15000 + int(job_id) % 15000  # below the kernel's ephemeral range (32768+)
 
 
 def detect() -> tuple[int, int, int, str]:

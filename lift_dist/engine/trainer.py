@@ -7,6 +7,7 @@ hold optimizer state and are checkpointed.
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -41,6 +42,43 @@ from lift_dist.model.lift_model import build_model
 
 class NonFiniteLoss(LiftError):
     pass
+
+
+class PhaseTimes:
+    """Wall time per phase of the step (profile_phases=true; synchronises the device, so it costs speed).
+    DeepSpeed all-reduces inside backward; its allreduce_gradients is wrapped to time that part apart."""
+
+    def __init__(self, engine, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.times = dict.fromkeys(("forward", "backward", "all_reduce", "optimizer"), 0.0)
+        self.t = 0.0
+        inner = engine.allreduce_gradients
+
+        def timed_allreduce(*args, **kwargs):
+            self.sync()
+            t0 = time.perf_counter()
+            out = inner(*args, **kwargs)
+            self.sync()
+            self.times["all_reduce"] += time.perf_counter() - t0
+            return out
+
+        engine.allreduce_gradients = timed_allreduce
+
+    def start(self) -> None:
+        self.sync()
+        self.t = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        self.sync()
+        now = time.perf_counter()
+        self.times[phase] += now - self.t
+        self.t = now
+
+    def take(self, data: float) -> dict:
+        out = {"data": data, **self.times}
+        out["backward"] -= out["all_reduce"]  # it ran inside backward
+        self.times = dict.fromkeys(self.times, 0.0)
+        return out
 
 
 def log(info: DistInfo, run_dir: Path, msg: str) -> None:
@@ -194,6 +232,16 @@ def write_confusions(path: Path, metrics_by_mode: dict) -> None:
     os.replace(tmp, path)
 
 
+def trim_history(path: Path, epochs_done: int) -> None:
+    """Keep the history of the epochs a resumed run keeps (none on a fresh start in an old run dir)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= epochs_done]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
 def summary_metrics(m: dict) -> dict:
     """The five headline numbers; an empty group (NaN) becomes None (null in JSON)."""
     keys = ("overall", "mean_class", "head", "medium", "tail")
@@ -229,6 +277,8 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
 
     train_m = read_manifest(cfg.data.shards, cfg.data.train_split)
     eval_m = read_manifest(cfg.data.shards, cfg.data.eval_split)
+    train_m.check_sizes()
+    eval_m.check_sizes()
     C = train_m.num_classes
     if eval_m.num_classes != C:
         raise DataError(f"the {eval_m.split} manifest has {eval_m.num_classes} classes but {train_m.split} has {C}")
@@ -250,11 +300,17 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         model.encoder.compile()
 
     micro, accum = batch_layout(cfg, info.world)
+    # config.yaml records what ran: "auto" and "model default" values resolved.
+    cfg.data.resolution, cfg.precision, cfg.device = resolution, precision, info.device.type
+    cfg.compile = "always" if cfg.compile == "always" or (cfg.compile == "auto" and info.device.type == "cuda") else "never"
+    if info.is_main:
+        save_yaml(cfg, run_dir / "config.yaml")
     params = [p for _, p in model.trainable_named_parameters()]
     optimizer = build_optimizer(cfg, params)
     engine, ds_opt, _, _ = deepspeed.initialize(
         model=model, model_parameters=params, optimizer=optimizer, config=deepspeed_config(cfg, micro, accum, info.world, precision), dist_init_required=False
     )
+    phases = PhaseTimes(engine, info.device) if cfg.profile_phases else None
     from lift_dist.losses import build_loss
     from lift_dist.transforms import (SharedEpoch, eval_transform, lift_train_transform, minimalist_train_transform,
                                       normalize_uint8, uint8_output)
@@ -277,7 +333,14 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         resampled=d.epoch_mode == "resampled", seed=cfg.seed, samples_per_rank=per_rank_resampled,
         decode_min_side=resolution * 8 // 7 if d.jpeg_draft else None,
     )
-    loader = make_loader(stream, d.workers)
+    cache = None
+    if d.feature_cache:
+        from lift_dist.engine.feature_cache import FeatureCache
+
+        cache = FeatureCache.prepare(model, cfg, train_m, info, resolution, precision, log=lambda m: log(info, run_dir, m))
+        loader = None  # no image decoding at all: batches come from the cache
+    else:
+        loader = make_loader(stream, d.workers)
 
     def epoch_counts(epoch: int) -> list[int]:
         if d.epoch_mode == "resampled":
@@ -287,6 +350,13 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
     steps_per_epoch = [steps_in_epoch(epoch_counts(e), micro, accum) for e in range(cfg.optim.epochs)]
     total_steps = sum(steps_per_epoch)
 
+    # What fixes the data order and step layout: a resume under other values would skip or repeat samples.
+    run_signature = {
+        "world_size": info.world, "micro_batch": micro, "accumulation": accum, "batch_size": cfg.optim.batch_size,
+        "epochs": cfg.optim.epochs, "seed": cfg.seed, "workers": 0 if d.feature_cache else d.workers,
+        "shuffle_buffer": d.shuffle_buffer, "epoch_mode": d.epoch_mode, "feature_cache": bool(d.feature_cache),
+        "train_shards": hashlib.sha256("".join(train_m.shard_sha256).encode()).hexdigest()[:16],
+    }
     start_epoch, start_step, global_step = 0, 0, 0
     if cfg.resume:
         path = checkpoint.resolve(run_dir, cfg.resume)
@@ -294,9 +364,12 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
             log(info, run_dir, f"resume=latest: no checkpoint in {run_dir / 'checkpoints'} yet, starting fresh")
         else:
             state = checkpoint.load(path, model, engine.optimizer, info.rank, cfg.optim.zero_stage)
+            checkpoint.check_same_run(path, state.get("run"), run_signature)
             start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
             log(info, run_dir, f"resumed from {path} at epoch {start_epoch}, step {start_step} of the epoch")
 
+    if info.is_main:
+        trim_history(run_dir / "history.jsonl", start_epoch)
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -322,10 +395,14 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         epoch_value.set(epoch)
         counts_e = epoch_counts(epoch)
         n_steps = steps_per_epoch[epoch]
-        batches = rebatch(iter(loader), micro)
+        if cache is not None:
+            batches = cache.batches(plan, epoch, info.rank, cfg.seed, micro)
+        else:
+            batches = rebatch(iter(loader), micro)
         first = start_step if epoch == start_epoch else 0
+        last_batch = None
         for _ in range(first * accum):  # replay the epoch's data order up to the resume point
-            next(batches, None)
+            last_batch = next(batches, None) or last_batch
         t_epoch, t_data, seen, loss_sum, loss_n = time.time(), 0.0, 0, 0.0, 0
         bar = None
         if info.is_main:
@@ -333,7 +410,6 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
 
             bar = tqdm(total=n_steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", leave=False,
                        dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30)
-        last_batch = None
         for step in range(first, n_steps):
             lr = cfg.optim.lr * lr_factor(cfg, epoch, global_step, total_steps)
             for g in engine.optimizer.param_groups:
@@ -350,8 +426,13 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
                     x, y, _ = batch
                     n_real = len(y)
                     last_batch = batch
-                x, y = normalize_uint8(x.to(info.device, non_blocking=True)), y.to(info.device, non_blocking=True)
-                logits = engine(x)  # autocast (bf16) is applied by the engine, see deepspeed_config
+                y = y.to(info.device, non_blocking=True)
+                if phases:
+                    phases.start()
+                if cache is not None:
+                    logits = engine(x.to(info.device, non_blocking=True), cached_from=cache.cut)
+                else:  # autocast (bf16) is applied by the engine, see deepspeed_config
+                    logits = engine(normalize_uint8(x.to(info.device, non_blocking=True)))
                 if n_real:
                     loss_real = loss_fn(logits.float(), y)
                     loss = loss_real * (n_real * accum * info.world / n_step)
@@ -364,13 +445,25 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
                     where = f"epoch {epoch + 1}, step {global_step + 1}"
                     keep = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written before it"
                     raise NonFiniteLoss(f"loss became NaN/inf at {where} (lr {lr:.3g}); training stopped{keep}")
+                if phases:
+                    phases.lap("forward")
                 engine.backward(loss)
+                if phases:
+                    phases.lap("backward")
                 engine.step()
+                if phases:
+                    phases.lap("optimizer")
                 if n_real:
                     loss_sum += float(loss_real.detach()) * n_real
                     loss_n += n_real
                 seen += n_real
             global_step += 1
+            # A finite loss can still give inf/NaN weights (huge gradients); never checkpoint those.
+            # Weights are identical on every rank after the step, so every rank stops here together.
+            if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+                keep = f"; the last good checkpoint is {last_good}" if last_good else "; no checkpoint was written before it"
+                raise NonFiniteLoss(f"weights became NaN/inf in optimizer step {global_step} (epoch {epoch + 1}, lr {lr:.3g}); "
+                                    f"training stopped{keep}")
             if bar is not None:
                 elapsed = time.time() - t_epoch
                 bar.set_postfix(refresh=False, loss=f"{loss_sum / max(1, loss_n):.3f}", img_s=f"{seen * info.world / max(elapsed, 1e-9):.0f}",
@@ -381,7 +474,7 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
                 writer.add_scalar("train/lr", lr, global_step)
             if cfg.checkpoint_every_steps and global_step % cfg.checkpoint_every_steps == 0 and step + 1 < n_steps:
                 last_good = checkpoint.save(run_dir, global_step, model, engine.optimizer,
-                                            {"epoch": epoch, "step_in_epoch": step + 1, "global_step": global_step}, info.rank,
+                                            {"epoch": epoch, "step_in_epoch": step + 1, "global_step": global_step, "run": run_signature}, info.rank,
                                             info.world, cfg.optim.zero_stage, cfg.keep_checkpoints)
             if cfg.max_steps and global_step >= cfg.max_steps:
                 stop = True
@@ -399,10 +492,13 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
             "samples": int(stats[2].item()), "time_s": elapsed, "samples_per_s": stats[2].item() / max(elapsed, 1e-9),
             "data_wait_share": t_data / max(elapsed, 1e-9), "global_step": global_step,
         }
+        if phases:
+            epoch_log["phases_s"] = phases.take(data=t_data)
         done_epoch = not stop
         last_good = checkpoint.save(run_dir, global_step, model, engine.optimizer,
                                     {"epoch": epoch + 1 if done_epoch else epoch, "step_in_epoch": 0 if done_epoch else step + 1,
-                                     "global_step": global_step}, info.rank, info.world, cfg.optim.zero_stage, cfg.keep_checkpoints)
+                                     "global_step": global_step, "run": run_signature}, info.rank, info.world, cfg.optim.zero_stage,
+                                    cfg.keep_checkpoints)
         if cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0 and epoch + 1 < cfg.optim.epochs:
             m = evaluate(model, eval_m, counts, resolution=resolution, interpolation=d.interpolation, tte=False,
                          batch_size=d.eval_batch_size, workers=min(d.workers, 2), rank=info.rank, world=info.world,
