@@ -39,3 +39,9 @@ def test_user_errors_print_one_line_without_traceback():
         p = subprocess.run([sys.executable, "-m", "lift_dist", "params", *argv], capture_output=True, text=True,
                            cwd=REPO, env=run_env(), timeout=120)
         assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("peft, expected", [("bitfit", 101_376), ("vpt-shallow", 7_680), ("vpt-deep", 92_160),
+                                            ("adapter", 617_856), ("full", 85_054_464)])
+def test_every_vit_b16_count_in_the_method_page(capsys, peft, expected):
+    assert report(capsys, "--model", "ViT-B-16", "--peft", peft, "--num-classes", "1000")["peft"] == expected

@@ -7,6 +7,7 @@ import torch
 
 from lift_dist.errors import ConfigError
 from lift_dist.model.backbone import load_clip
+from lift_dist.model.lift_model import ModelConfig, build_model
 from lift_dist.model.vit import PeftViT
 from lift_dist.peft import REGISTRY, apply_peft, make_configs
 from lift_dist.peft.base import default_bottleneck, select_layers
@@ -232,3 +233,20 @@ def test_two_modules_on_one_site_is_an_error(tiny_clip):
     enc, _ = make_encoder(tiny_clip, ["adaptformer"])
     with pytest.raises(ConfigError, match="two modules want site 'adaptformer'"):
         apply_peft(enc, make_configs(["adaptformer"]), 10)
+
+
+@pytest.mark.parametrize("peft", [["bitfit", "sparse"], ["full", "sparse"], ["sparse", "partial"]])
+def test_sparse_refuses_blocks_another_method_trains(peft):
+    # Its weights are rebuilt from detached entries: the other method's tensors there would get no gradient.
+    with pytest.raises(ConfigError, match="sparse cannot share block"):
+        build_model(ModelConfig(name="tiny", peft=peft, head_init="random"), 5)
+    # Disjoint blocks are fine, and then every trainable tensor gets a gradient.
+    model, _ = build_model(ModelConfig(name="tiny", peft=peft, head_init="random",
+                                       peft_options={peft[0]: {"layers": "0,1"}, peft[1]: {"layers": "2,3"}}), 5)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is not None for _, p in model.trainable_named_parameters())
+
+
+def test_vpt_shallow_refuses_a_layer_selection():
+    with pytest.raises(ConfigError, match="vpt-shallow prompts only the input of block 0"):
+        build_model(ModelConfig(name="tiny", peft=["vpt-shallow"], layers="last:2", head_init="random"), 5)

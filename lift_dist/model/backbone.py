@@ -71,6 +71,16 @@ class _quiet_random_init_warning:
         self.logger.setLevel(self.level)
 
 
+def tag_kwargs(name: str, pretrained: str) -> dict:
+    """create_model options a pretrained tag needs. OpenAI's weights were trained with QuickGELU; open_clip
+    (3.x) only warns when a plain config such as ViT-B-16 is paired with the 'openai' tag and keeps exact
+    GELU, which silently changes every activation of the frozen encoder, so the tag's setting is forced."""
+    import open_clip
+
+    cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
+    return {"force_quick_gelu": True} if cfg.get("quick_gelu") else {}
+
+
 def load_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
     """Return an open_clip CLIP model in eval mode, fp32.
 
@@ -96,6 +106,7 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
                 f"valid tags: {', '.join(tags) or '(none)'}"
             )
         kwargs["pretrained"] = pretrained
+        kwargs.update(tag_kwargs(name, pretrained))
     try:
         with _quiet_random_init_warning():
             model = open_clip.create_model(name, device=device, precision="fp32", **kwargs)

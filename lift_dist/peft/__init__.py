@@ -72,7 +72,17 @@ def make_configs(names: list[str] | str, options: dict[str, dict] | None = None,
 
 def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> dict[str, dict]:
     """Attach every method to the (already frozen) encoder; return per-method facts."""
-    return {name: method_class(name)(cfg).apply(vit, num_classes) for name, cfg in configs}
+    info = {name: method_class(name)(cfg).apply(vit, num_classes) for name, cfg in configs}
+    # Sparse fine-tuning rebuilds a block's linear weights from detached frozen entries, so a tensor that
+    # another method (full, partial, bitfit) made trainable there would silently get no gradient.
+    for blk in vit.blocks:
+        clash = [n for n in blk.weights if any(t.requires_grad for t in blk.frozen_linear(n))]
+        if clash:
+            others = [n for n in info if n != "sparse"]
+            raise ConfigError(f"sparse cannot share block {blk.index} with {', '.join(others)}: both would train its "
+                              f"'{clash[0]}' weights; give them disjoint blocks with model.peft_options (e.g. "
+                              "{partial: {layers: 'last:2'}, sparse: {layers: '0,1'}}) or drop one")
+    return info
 
 
 __all__ = ["REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "apply_peft", "method_class", "select_layers"]

@@ -49,7 +49,11 @@ class VptShallow(_Vpt):
     name = "vpt-shallow"
 
     def apply(self, vit, num_classes: int) -> dict:
-        return self._add(vit, [0])  # shallow is by definition the input of block 0
+        # Shallow is by definition the input of block 0; any other selection is a mistake, not a choice.
+        if self.config.layers not in (None, "all", "0", 0, [0]):
+            raise ConfigError(f"vpt-shallow prompts only the input of block 0 (got layers {self.config.layers!r}); "
+                              "use vpt-deep to prompt chosen blocks")
+        return self._add(vit, [0])
 
 
 class VptDeep(_Vpt):
