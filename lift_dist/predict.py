@@ -67,7 +67,9 @@ def logits_of(model, batch: torch.Tensor, tte: bool) -> torch.Tensor:
 
 
 def predict_images(model, cfg, names, paths, tte, top_k, batch_size):
-    from PIL import Image
+    from PIL import Image, ImageOps
+
+    from lift_dist.shards.images import to_rgb
 
     tf = transform_for(cfg, model, tte)
     tensors = []
@@ -76,7 +78,8 @@ def predict_images(model, cfg, names, paths, tte, top_k, batch_size):
             raise DataError(f"image {p} does not exist")
         try:
             with Image.open(p) as im:
-                tensors.append(tf(im.convert("RGB")))
+                # As the shard builder prepares training images: EXIF orientation, alpha over white.
+                tensors.append(tf(to_rgb(ImageOps.exif_transpose(im))))
         except Exception as e:
             raise DataError(f"image {p} cannot be read ({type(e).__name__}: {e})") from None
     rows = []
@@ -100,6 +103,11 @@ def predict_shards(model, cfg, classes, shards, split, tte, top_k, batch_size, o
     m = read_manifest(shards, split)
     if m.num_classes != len(classes["names"]):
         raise DataError(f"{shards} '{split}' has {m.num_classes} classes but the run was trained on {len(classes['names'])}")
+    differ = [i for i, (a, b) in enumerate(zip(m.class_names, classes["names"])) if a != b]
+    if differ:
+        i = differ[0]
+        raise DataError(f"{shards} '{split}' labels classes differently from the run ({len(differ)} differ; label {i} is "
+                        f"'{m.class_names[i]}' there, '{classes['names'][i]}' in the run): build the shards with the run's label scheme")
 
     stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), transform_for(cfg, model, tte),
                          train=False, num_classes=m.num_classes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import html
 import json
 import math
@@ -97,6 +98,9 @@ def load_run(path: Path) -> Run:
                 r.history.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{hfile} line {i} is not JSON: {e}") from None
+        # An epoch logged twice (a resumed run that repeated it) counts once: the later line wins.
+        by_epoch = {h.get("epoch", i + 1): h for i, h in enumerate(r.history)}
+        r.history = [by_epoch[e] for e in sorted(by_epoch)]
     else:
         r.notes.append("no history.jsonl: learning curves unavailable")
 
@@ -378,6 +382,22 @@ img { max-width: 100%; border: 1px solid #eee; }
 pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 0.8em; }
 """
 
+# First thing in <head>: script errors, failed loads and console.error land in <html data-console-errors>,
+# readable from a DOM dump whatever the browser's log format.
+_ERROR_HOOK = """
+(function () {
+  function record(msg) {
+    var d = document.documentElement.dataset;
+    d.consoleErrors = (d.consoleErrors ? d.consoleErrors + " | " : "") + msg;
+  }
+  window.addEventListener("error", function (e) {
+    record(e.message || ("failed to load " + ((e.target && (e.target.src || e.target.href)) || "a resource")));
+  }, true);
+  var original = console.error;
+  console.error = function () { record(Array.prototype.join.call(arguments, " ")); original.apply(console, arguments); };
+})();
+"""
+
 # Lets a headless browser (and a reader) verify every plot decoded: readable from a DOM dump.
 _SCRIPT = """
 window.addEventListener("load", function () {
@@ -390,15 +410,17 @@ window.addEventListener("load", function () {
 """
 
 
-def _img(name: str | None, alt: str) -> str:
+def _img(name: str | None, alt: str, out_dir: Path) -> str:
+    """The plot inlined as a data URI, so index.html alone is the whole report (the PNG stays beside it)."""
     if name is None:
         return f'<p class="note">{_esc(alt)}: no data.</p>'
-    return f'<p><img src="{_esc(name)}" alt="{_esc(alt)}"></p>'
+    data = base64.b64encode((out_dir / name).read_bytes()).decode("ascii")
+    return f'<p><img src="data:image/png;base64,{data}" data-file="{_esc(name)}" alt="{_esc(alt)}"></p>'
 
 
-def render_html(runs: list[Run], images: dict, title: str, top: int) -> str:
+def render_html(runs: list[Run], images: dict, title: str, top: int, out_dir: Path) -> str:
     parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_esc(title)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>{_esc(title)}</h1>",
+             f"<script>{_ERROR_HOOK}</script><style>{_CSS}</style></head><body>", f"<h1>{_esc(title)}</h1>",
              '<p class="muted">Runs: ' + ", ".join(f"<code>{_esc(r.path)}</code>" for r in runs) + "</p>"]
     parts.append("<h2>Comparison</h2>")
     parts.append('<p class="muted">Final numbers in %, with TTE where the run used it (column TTE); '
@@ -406,15 +428,15 @@ def render_html(runs: list[Run], images: dict, title: str, top: int) -> str:
     parts.append(_table(["run", "method", "model", "trainable params", "epochs", "train time", "TTE", "overall",
                          "mean class", "head", "medium", "tail"], comparison_rows(runs), "compare"))
     parts.append("<h2>Head / medium / tail accuracy</h2>")
-    parts.append(_img(images.get("groups"), "head/medium/tail accuracy"))
+    parts.append(_img(images.get("groups"), "head/medium/tail accuracy", out_dir))
     parts.append("<h2>Learning curves</h2>")
-    parts.append(_img(images.get("curves"), "learning curves"))
+    parts.append(_img(images.get("curves"), "learning curves", out_dir))
     for i, r in enumerate(runs):
         parts.append(f"<h2>Run: {_esc(r.label)} <span class=\"muted\">({_esc(r.method)}, {_esc(r.metrics.get('model', 'n/a'))})</span></h2>")
         for note in r.notes:
             parts.append(f'<p class="note">{_esc(note)}</p>')
         parts.append("<h3>Per-class accuracy vs. training frequency</h3>")
-        parts.append(_img(images.get(("per_class", i)), f"{r.label} per-class accuracy"))
+        parts.append(_img(images.get(("per_class", i)), f"{r.label} per-class accuracy", out_dir))
         rows = tail_confusions(r, top)
         mode = rows[0]["mode"] if rows else r.final_mode
         parts.append(f"<h3>Most-confused tail classes <span class=\"muted\">({_esc(MODE_LABELS.get(mode, mode))})</span></h3>")
@@ -446,7 +468,7 @@ def write_report(run_dirs: list[Path], out_dir: Path, title: str = "LIFT run rep
                     "curves": plot_curves(runs, out_dir, "curves.png")}
     for i, r in enumerate(runs):
         images[("per_class", i)] = plot_per_class(r, out_dir, f"per_class_{i + 1}.png")
-    page = render_html(runs, images, title, top)
+    page = render_html(runs, images, title, top, out_dir)
     index = out_dir / "index.html"
     tmp = out_dir / ".index.html.tmp"
     tmp.write_text(page, encoding="utf-8")

@@ -68,3 +68,31 @@ def test_mismatched_checkpoints_and_bad_images_are_refused(trained_run, demo_sha
     bad.write_bytes(b"not a jpeg")
     p = predict("--run", str(trained_run), str(bad))
     assert p.returncode == 2 and f"image {bad} cannot be read" in p.stderr
+
+
+def test_exif_orientation_applied_and_shard_labels_checked(trained_run, demo_shards, tmp_path):
+    from PIL import Image
+
+    names = json.loads((trained_run / "classes.json").read_text())["names"]
+    src = sorted((demo_shards.parent / "img" / "test" / names[1]).glob("*.jpg"))[0]
+    upright = Image.open(src).convert("RGB").crop((0, 0, 48, 36))  # not square: a rotation would show
+    upright.save(tmp_path / "upright.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "tagged.png", exif=exif)
+    upright.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.png")
+    p = predict("--run", str(trained_run), *(str(tmp_path / n) for n in ("upright.png", "tagged.png", "sideways.png")),
+                "--format", "json", "--top-k", "10")
+    assert p.returncode == 0, p.stderr
+    probs = [{q["label"]: q["probability"] for q in row["predictions"]} for row in json.loads(p.stdout)]
+    assert all(abs(probs[0][k] - probs[1][k]) < 1e-6 for k in probs[0])  # the tag is applied
+    assert any(abs(probs[0][k] - probs[2][k]) > 1e-4 for k in probs[0])  # and it matters
+    # Shards whose labels name other classes than the run's (e.g. another label scheme) are refused.
+    renamed = tmp_path / "renamed"
+    shutil.copytree(trained_run, renamed)
+    classes = json.loads((renamed / "classes.json").read_text())
+    classes["names"] = classes["names"][::-1]
+    (renamed / "classes.json").write_text(json.dumps(classes))
+    p = predict("--run", str(renamed), "--shards", str(demo_shards), "--split", "test", "--out", str(tmp_path / "p.parquet"))
+    assert p.returncode == 2 and "labels classes differently from the run" in p.stderr and f"'{names[0]}' there" in p.stderr
+    assert not (tmp_path / "p.parquet").exists()

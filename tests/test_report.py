@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import re
 import shutil
@@ -47,8 +48,10 @@ def test_files_and_images(built):
     page = index.read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert {"groups.png", "curves.png", "per_class_1.png", "per_class_2.png"} <= set(pngs)
-    srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert sorted(srcs) == pngs  # every PNG is referenced, relatively, and nothing else is
+    imgs = re.findall(r'<img src="data:image/png;base64,([^"]+)" data-file="([^"]+)"', page)
+    assert sorted(f for _, f in imgs) == pngs and len(re.findall(r"<img ", page)) == len(pngs)
+    for data, name in imgs:  # every plot is inlined (index.html alone is the report) and is that PNG
+        assert base64.b64decode(data) == (out / name).read_bytes()
     for name in pngs:
         with Image.open(out / name) as im:
             im.load()
@@ -147,4 +150,5 @@ def test_page_in_headless_chromium(built, tmp_path):
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
     n_img = len(re.findall(r'<img src="([^"]+)"', index.read_text()))
     assert f'data-images-total="{n_img}"' in body and 'data-images-loaded="true"' in body, body
+    assert "data-console-errors" not in re.search(r"<html[^>]*>", dom.stdout).group(0)
     assert len(re.findall(r"<img ", dom.stdout)) == n_img
