@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mem", help="memory per node, e.g. 64G")
     p.add_argument("--job-name", default="lift-dist")
     p.add_argument("--folder", default="slurm-logs/%j", help="submitit log folder (%%j = job id)")
-    p.add_argument("--max-requeues", type=int, default=3, help="requeues allowed after preemption or time-out")
+    p.add_argument("--max-requeues", type=int, default=3, help="requeues allowed after time-outs (submitit's limit; preempted jobs are always requeued)")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit with its status")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch script and environment; submit nothing")
     p.add_argument("--local", action="store_true", help="run the same path with submitit's local executor (no Slurm)")
@@ -72,6 +72,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _check_cluster(args) -> None:
     if args.nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {args.nodes}")
+    for flag, value in (("--gpus-per-node", args.gpus_per_node), ("--tasks-per-node", args.tasks_per_node)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} must be at least 1, got {value}")
+    if args.local and args.nodes != 1:
+        raise ConfigError(f"--local runs every task on this machine: use --nodes 1 (got {args.nodes}) and --tasks-per-node")
+    if args.local and args.dry_run:
+        raise ConfigError("--dry-run prints the sbatch script of a Slurm job; leave out --local")
     if args.local or args.dry_run:
         return
     if shutil.which("sbatch") is None:
@@ -119,7 +126,7 @@ def dry_run_text(executor, train_argv: list[str]) -> str:
     inner = executor._executor
     script = _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {inner.folder}", folder=inner.folder, **inner.parameters)
     env = ("# in each task: RANK=SLURM_PROCID, WORLD_SIZE=SLURM_NTASKS, LOCAL_RANK=SLURM_LOCALID,\n"
-           "# MASTER_ADDR=<first host of the node list>, MASTER_PORT=20000 + job_id % 20000\n"
+           "# MASTER_ADDR=<first host of the node list>, MASTER_PORT=15000 + job_id % 15000\n"
            f"# then: lift-dist train {' '.join(train_argv)} --resume latest")
     return script + "\n" + env
 

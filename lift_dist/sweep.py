@@ -196,6 +196,10 @@ def _die_with_parent() -> None:
         pass
 
 
+ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
+                       "REQUEUE_FED")
+
+
 def make_trainable():
     from ray import tune
 
@@ -209,11 +213,15 @@ def make_trainable():
             self.launch_args: list[str] = config.get("_launch_args", [])
             self.metric: str = config["_metric"]
             self.epochs: int = config["_epochs"]
+            self.cpus = max(1, int(config.get("_cpus") or 1))
             # Runs live under SWEEP/runs/<trial id>, not in Ray's (possibly staged) trial directory.
             self.run_dir = Path(config["_runs_root"]) / self.trial_id
             self.proc = self.job = None
             self.reported = 0
-            self._launch(resume=False)
+            # A retried or restored trial gets the same run dir and goes on from its checkpoint; a finished
+            # one is not run again.
+            if not (self.run_dir / "metrics.json").is_file():
+                self._launch(resume=True)
 
         def _argv(self, resume: bool) -> list[str]:
             argv = [*self.base_args, "--out", str(self.run_dir), "--set", "eval_every_epochs=1", "--set", "data.tte=false"]
@@ -225,8 +233,9 @@ def make_trainable():
             if self.backend == "local":
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 log = open(self.run_dir / "train.log", "a")
-                env = dict(os.environ, OMP_NUM_THREADS=str(max(1, int(self.params.get("_cpus", 1)))))
-                for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+                env = dict(os.environ, OMP_NUM_THREADS=str(self.cpus))
+                # A local trial is one process of its own, even when the driver runs inside a Slurm job.
+                for k in [k for k in env if k.startswith("SLURM_") or k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")]:
                     env.pop(k, None)
                 self.proc = subprocess.Popen([sys.executable, "-m", "lift_dist.train", *self._argv(resume)],
                                              stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
@@ -234,10 +243,26 @@ def make_trainable():
                 from lift_dist.launch import TrainTask, add_arguments, make_executor
                 import argparse
 
+                import submitit
+
+                # A restored or retried trial reattaches to its job if that still runs (the driver may have
+                # died, the job did not): a second job would train into the same run directory.
+                record = self.run_dir / "slurm-job.json"
+                if record.is_file():
+                    rec = json.loads(record.read_text())
+                    job = submitit.SlurmJob(folder=rec["folder"], job_id=rec["job_id"])
+                    if job.state in ACTIVE_SLURM_STATES:
+                        self.job = job
+                        return
                 p = argparse.ArgumentParser()
                 add_arguments(p)
-                largs = p.parse_args([*self.launch_args, "--folder", str(self.run_dir / "slurm-%j")])
+                folder = str(self.run_dir / "slurm-%j")
+                largs = p.parse_args([*self.launch_args, "--folder", folder])
                 self.job = make_executor(largs).submit(TrainTask(self._argv(False)))  # the task resumes itself
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                tmp = record.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"job_id": str(self.job.job_id), "folder": folder}))
+                os.replace(tmp, record)
 
         def _running(self) -> bool:
             if self.proc is not None:
@@ -257,21 +282,20 @@ def make_trainable():
 
         def step(self) -> dict:
             while True:
+                running = self._running()  # read before the files: what a finished run wrote is then seen
                 hist = _history(self.run_dir)
                 final = self.run_dir / "metrics.json"
-                if len(hist) > self.reported and "eval" in hist[self.reported]:
+                while self.reported < len(hist) and "eval" not in hist[self.reported]:
+                    self.reported += 1  # an epoch without evaluation (the last: metrics.json follows)
+                if self.reported < len(hist):
                     h = hist[self.reported]
                     self.reported += 1
                     return {self.metric: h["eval"][self.metric], "epoch": h["epoch"], "loss": h["loss"], **h["eval"]}
-                if final.is_file() and len(hist) >= self.epochs:
+                if final.is_file() and (not running or len(hist) >= self.epochs):
                     m = json.loads(final.read_text())
-                    self.reported = len(hist)
-                    return {self.metric: m[self.metric], "epoch": m["epochs"], "loss": hist[-1]["loss"], "done": True,
-                            **{k: m[k] for k in METRICS}}
-                if not self._running():
-                    hist = _history(self.run_dir)
-                    if len(hist) > self.reported or final.is_file():
-                        continue
+                    return {self.metric: m[self.metric], "epoch": m["epochs"], "loss": hist[-1]["loss"] if hist else None,
+                            "done": True, **{k: m[k] for k in METRICS}}
+                if not running:
                     raise RuntimeError(self._failed() or "training ended without metrics")
                 time.sleep(0.5)
 
@@ -281,8 +305,11 @@ def make_trainable():
 
         def load_checkpoint(self, checkpoint):
             state = json.loads(Path(checkpoint, "trial.json").read_text())
+            self.reported = state["reported"]
+            if Path(state["run_dir"]) == self.run_dir and (self._running() or (self.run_dir / "metrics.json").is_file()):
+                return  # setup already resumed (or reattached to) this trial's training, or it had finished
             self.cleanup()
-            self.run_dir, self.reported = Path(state["run_dir"]), state["reported"]
+            self.run_dir = Path(state["run_dir"])
             if not (self.run_dir / "metrics.json").is_file():
                 self._launch(resume=True)
 
@@ -394,6 +421,9 @@ def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
     best_run = load_config(config_file=str(Path(best["run_dir"]) / "config.yaml"))
     best_run.data.shards, best_run.data.train_split, best_run.data.eval_split = str(shards), base.data.train_split, base.data.eval_split
     best_run.data.tte, best_run.eval_every_epochs, best_run.resume, best_run.out = base.data.tte, 0, None, "runs/best"
+    # The trial's config.yaml holds what ran on this machine; the preset must stay portable.
+    best_run.device, best_run.precision, best_run.compile = base.device, base.precision, base.compile
+    best_run.data.resolution = base.data.resolution
     data = to_dict(best_run)
     data["optim"]["betas"] = list(data["optim"]["betas"])
     (out / "best.yaml").write_text(f"# best trial {best['trial_id']}: {args.metric} {best[args.metric]:.4f} on the held-out split\n"

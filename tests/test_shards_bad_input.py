@@ -174,6 +174,11 @@ def test_cli_reports_bad_items_in_one_line_and_skip_bad_succeeds(tmp_path):
     ok = run_cli("folder", "--root", str(root), "--split", "train", "--out", str(out), "--skip-bad", "--no-progress")
     assert ok.returncode == 0, ok.stderr
     assert "[shards] train: 6 samples" in ok.stdout and "1 skipped" in ok.stdout
+    # An output location that cannot be written: one line naming it, no traceback.
+    (tmp_path / "a-file").write_text("")
+    proc = run_cli("folder", "--root", str(root), "--split", "train", "--out", str(tmp_path / "a-file" / "out"), "--skip-bad")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: Not a directory ({tmp_path / 'a-file' / 'out'})" in proc.stderr
 
 
 # ---- image modes, orientation, resizing ----------------------------------------------------------

@@ -77,7 +77,7 @@ def test_killed_driver_resumes_and_finishes_every_trial(demo_shards, tmp_path):
     stamps = {p: p.stat().st_mtime for p in finished}
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     assert not (out / "results.parquet").exists()
     sweep(*args, "--resume")
     table = pq.read_table(out / "results.parquet").to_pydict()

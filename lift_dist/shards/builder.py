@@ -148,8 +148,10 @@ def _progress_bar(opts: BuildOptions, total: int):
     class Bar(tqdm):
         monitor_interval = 0  # no monitor thread: worker processes are forked after the bar exists
 
-    disable = (not sys.stderr.isatty()) if opts.progress is None else (not opts.progress)
-    return Bar(total=total, unit="img", desc=f"shards {opts.split}", disable=disable, smoothing=0.05, mininterval=0.5)
+    # Not a terminal (Slurm / nohup logs): still report images/s, every 30 s instead of redrawing.
+    tty = sys.stderr.isatty()
+    return Bar(total=total, unit="img", desc=f"shards {opts.split}", disable=opts.progress is False, smoothing=0.05,
+               mininterval=0.5 if tty else 30)
 
 
 def _source_name(index: SourceIndex) -> str:

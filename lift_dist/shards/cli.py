@@ -123,6 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     except LiftError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a vanished mount: the file and the reason, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"{PROG} {args.command}: error: {e.strerror or e}{where}; finished shards are kept, run the same "
+              "command again to resume", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as e:
+        print(f"{PROG} {args.command}: error: an input file is not UTF-8 text ({e})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (finished shards are kept; run the same command again to resume)", file=sys.stderr)
         return 130

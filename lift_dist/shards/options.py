@@ -24,7 +24,7 @@ class BuildOptions:
     seed: int = 0
     skip_bad: bool = False
     train_manifest: Path | None = None  # directory holding train-classes.parquet (default: out)
-    progress: bool | None = None  # tqdm bar; None = only when stderr is a terminal
+    progress: bool | None = None  # tqdm bar; None = on (every 30 s when stderr is not a terminal), False = off
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
