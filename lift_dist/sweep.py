@@ -196,8 +196,9 @@ def _die_with_parent() -> None:
         pass
 
 
-ACTIVE_SLURM_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED", "REQUEUE_HOLD",
-                       "REQUEUE_FED")
+# A recorded job in any other state (pending, running, requeued, suspended, ...) is still this trial's.
+FINISHED_SLURM_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
+                         "DEADLINE", "PREEMPTED", "REVOKED", "SPECIAL_EXIT")
 
 
 def make_trainable():
@@ -251,9 +252,12 @@ def make_trainable():
                 if record.is_file():
                     rec = json.loads(record.read_text())
                     job = submitit.SlurmJob(folder=rec["folder"], job_id=rec["job_id"])
-                    if job.state in ACTIVE_SLURM_STATES:
+                    state = str(job.state).split(" ")[0]  # e.g. "CANCELLED by 0"
+                    if state not in FINISHED_SLURM_STATES and state != "UNKNOWN":
                         self.job = job
                         return
+                    if state == "UNKNOWN":  # Slurm no longer knows it (purged): make sure it is not running
+                        job.cancel(check=False)
                 p = argparse.ArgumentParser()
                 add_arguments(p)
                 folder = str(self.run_dir / "slurm-%j")
@@ -421,9 +425,7 @@ def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
     best_run = load_config(config_file=str(Path(best["run_dir"]) / "config.yaml"))
     best_run.data.shards, best_run.data.train_split, best_run.data.eval_split = str(shards), base.data.train_split, base.data.eval_split
     best_run.data.tte, best_run.eval_every_epochs, best_run.resume, best_run.out = base.data.tte, 0, None, "runs/best"
-    # The trial's config.yaml holds what ran on this machine; the preset must stay portable.
-    best_run.device, best_run.precision, best_run.compile = base.device, base.precision, base.compile
-    best_run.data.resolution = base.data.resolution
+    best_run.data.resolution = base.data.resolution  # the trial's config.yaml holds the resolved one
     data = to_dict(best_run)
     data["optim"]["betas"] = list(data["optim"]["betas"])
     (out / "best.yaml").write_text(f"# best trial {best['trial_id']}: {args.metric} {best[args.metric]:.4f} on the held-out split\n"

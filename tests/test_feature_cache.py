@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, run_env
+from conftest import REPO, run_env, run_torchrun
 from lift_dist.data.manifest import read_manifest
 from lift_dist.model.lift_model import ModelConfig, build_model
 from test_train import TINY, latest_weights
@@ -53,12 +53,14 @@ def test_cached_training_equals_image_training(demo_shards, tmp_path, peft):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=2e-5, rtol=1e-4)
     assert cached["overall"] == pytest.approx(plain["overall"], abs=1 / 60 + 1e-9)  # at most one test image flips
-    # A second run reuses the cache; a change to the frozen part (resolution) gets a new key.
+    # A second run reuses the cache.
     log, again = train(demo_shards, tmp_path / "again", *module, "--set", f"data.feature_cache={cache}")
     assert "complete, reused" in log and again["overall"] == cached["overall"]
     keys = sorted(p.name for p in cache.iterdir())
     assert len(keys) == 1
     meta = json.loads((cache / keys[0] / "meta.json").read_text())
+    tiny, _ = build_model(ModelConfig(name="tiny", peft=[peft], head_init="random"), 10)
+    assert meta["activation"] == type(tiny.encoder.blocks[0].block.mlp.gelu).__name__ and meta["interpolation"] == "bilinear"
     assert meta["num_samples"] == read_manifest(demo_shards, "train").num_samples
     assert meta["cut"] == (5 if peft == "none" else 3)  # tiny has 4 blocks: after ln_post / before the last block
 
@@ -71,3 +73,29 @@ def test_cache_refuses_augmentation_and_modules_in_the_first_block(demo_shards, 
     p = subprocess.run(base + ["--peft", "adaptformer", "--set", "data.augment=none"], capture_output=True, text=True,
                        env=run_env(), timeout=300, cwd=REPO)
     assert p.returncode == 2 and "no frozen part is left to cache" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_cached_two_rank_run_resumes_exactly_and_new_settings_get_a_new_key(demo_shards, tmp_path):
+    """2 ranks, several steps per epoch (the cache's shard split and seeded shuffle), stopped mid-epoch
+    and resumed: bit-identical to the uninterrupted run. A resume with another data order is refused."""
+    cache = tmp_path / "cache"
+    args = ["--shards", str(demo_shards), "--epochs", "2", "--batch-size", "16", *TINY, "--peft", "none",
+            "--set", "data.augment=none", "--set", "data.tte=false", "--set", f"data.feature_cache={cache}"]
+    run_torchrun(2, *args, "--out", str(tmp_path / "full"))
+    run_torchrun(2, *args, "--out", str(tmp_path / "cut"), "--set", "max_steps=9")
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "step-00000009" / "state.json").read_text())
+    assert state["epoch"] == 0 and state["step_in_epoch"] == 9  # stopped inside the first epoch
+    refused = run_torchrun(2, *args, "--out", str(tmp_path / "cut"), "--resume", "latest", "--set", "seed=1", check=False)
+    assert refused.returncode != 0 and "was written by a run with other settings (seed 0 -> 1)" in refused.stderr + refused.stdout
+    run_torchrun(2, *args, "--out", str(tmp_path / "cut"), "--resume", "latest")
+    a, b = latest_weights(tmp_path / "full"), latest_weights(tmp_path / "cut")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
+    history = [json.loads(l) for l in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2]  # the cut epoch is logged once, by the resumed run
+    n = read_manifest(demo_shards, "train").num_samples
+    assert 0 < history[0]["samples"] < n and history[1]["samples"] == n  # epoch 1: only what the resumed run trained
+    # Another interpolation changes the cached features: a second key beside the first.
+    run_torchrun(2, *args, "--out", str(tmp_path / "bicubic"), "--set", "data.interpolation=bicubic", "--set", "max_steps=1")
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 2

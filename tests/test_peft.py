@@ -247,6 +247,12 @@ def test_sparse_refuses_blocks_another_method_trains(peft):
     assert all(p.grad is not None for _, p in model.trainable_named_parameters())
 
 
-def test_vpt_shallow_refuses_a_layer_selection():
-    with pytest.raises(ConfigError, match="vpt-shallow prompts only the input of block 0"):
+def test_vpt_shallow_takes_no_layer_selection():
+    with pytest.raises(ConfigError, match="option 'layers' does not apply to vpt-shallow"):
         build_model(ModelConfig(name="tiny", peft=["vpt-shallow"], layers="last:2", head_init="random"), 5)
+    with pytest.raises(ConfigError, match="vpt-shallow has no option 'layers'"):
+        build_model(ModelConfig(name="tiny", peft=["vpt-shallow"], peft_options={"vpt-shallow": {"layers": "1"}}, head_init="random"), 5)
+    # Combined, a shared selection is for the other module; the prompt stays at block 0.
+    model, _ = build_model(ModelConfig(name="tiny", peft=["vpt-shallow", "adaptformer"], layers="last:2", head_init="random"), 5)
+    assert [b.index for b in model.encoder.blocks if "prompt" in b.sites] == [0]
+    assert [b.index for b in model.encoder.blocks if "adaptformer" in b.sites] == [2, 3]

@@ -34,7 +34,7 @@ from lift_dist.data.manifest import Manifest
 from lift_dist.data.pipeline import ShardPlan, _stable_seed, decode_sample
 from lift_dist.errors import ConfigError, DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: activation in the key (QuickGELU forced for the 'openai' tag)
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
@@ -50,6 +50,25 @@ def cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _from_rank0(obj):
+    import torch.distributed as dist
+
+    box = [obj]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(obj) -> list:
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 @dataclass
 class FeatureCache:
     directory: Path
@@ -61,8 +80,6 @@ class FeatureCache:
     @classmethod
     def prepare(cls, model, cfg, manifest: Manifest, info, resolution: int, precision: str, log=print) -> "FeatureCache":
         """Find or build this run's cache (every rank builds its share of missing shards), then barrier."""
-        import torch.distributed as dist
-
         d = cfg.data  # augment=none, exact epochs and the dtype are checked by config.validate
         cut = model.encoder.frozen_prefix()
         if cut == 0:
@@ -70,31 +87,42 @@ class FeatureCache:
                 f"data.feature_cache: the modules {list(cfg.model.peft)} change the first block or the embedding, "
                 "so no frozen part is left to cache; use it with head-only (none) or partial/full with layers last:k"
             )
+        blk = model.encoder.blocks[0].block
         parts = {
             "format": FORMAT_VERSION, "model": cfg.model.name, "weights": weights_identity(cfg.model.pretrained),
-            "resolution": resolution, "interpolation": d.interpolation, "jpeg_draft": d.jpeg_draft, "cut": cut,
-            "precision": precision, "dtype": d.cache_dtype, "split": manifest.split, "shards": manifest.shard_sha256,
+            "activation": type(blk.mlp.gelu).__name__, "resolution": resolution, "interpolation": d.interpolation,
+            "jpeg_draft": d.jpeg_draft, "cut": cut, "precision": precision, "dtype": d.cache_dtype, "split": manifest.split,
+            "shards": manifest.shard_sha256,
         }
         directory = Path(d.feature_cache) / cache_key(parts)
         cache = cls(directory, cut, manifest, d.cache_dtype)
+        # Rank 0 decides what is missing and whether the build succeeded, and every rank follows that
+        # decision: ranks that looked at a shared (NFS) cache on their own could disagree and then hang
+        # in different collectives.
+        missing = None
         if info.is_main:
             directory.mkdir(parents=True, exist_ok=True)
             meta = directory / "meta.json"
-            if not meta.is_file():
-                tmp = meta.with_suffix(".tmp")
+            if not meta.is_file():  # concurrent runs (sweep trials) may race here: private temp names
+                tmp = meta.with_name(f"meta.json.tmp{os.getpid()}")
                 tmp.write_text(json.dumps(parts | {"num_samples": manifest.num_samples}, indent=2))
                 os.replace(tmp, meta)
-        dist.barrier()
-        missing = [i for i in range(len(manifest.shard_files)) if not cache.has_shard(i)]
-        if info.is_main:
+            missing = [i for i in range(len(manifest.shard_files)) if not cache.has_shard(i)]
             what = "final features" if cut > model.encoder.num_layers else f"tokens entering block {cut}"
             log(f"feature cache {directory}: {what}; "
                 + (f"building {len(missing)} of {len(manifest.shard_files)} shard(s)" if missing else "complete, reused"))
-        mine = missing[info.rank :: info.world]
-        if mine:
-            cache._build(model, mine, resolution, d, info.device, precision)
-        dist.barrier()
-        still = [i for i in range(len(manifest.shard_files)) if not cache.has_shard(i)]
+        missing = _from_rank0(missing)
+        error = ""
+        try:
+            mine = missing[info.rank :: info.world]
+            if mine:
+                cache._build(model, mine, resolution, d, info.device, precision)
+        except Exception as e:  # every rank must reach the collective below, then all fail together
+            error = f"rank {info.rank}: {type(e).__name__}: {e}"
+        errors = [e for e in _gather(error) if e]
+        if errors:
+            raise DataError(f"feature cache {directory}: building failed on {len(errors)} rank(s); {errors[0]}")
+        still = _from_rank0([i for i in range(len(manifest.shard_files)) if not cache.has_shard(i)] if info.is_main else None)
         if still:
             raise DataError(f"feature cache {directory}: shard(s) {still[:5]} were not written")
         return cache

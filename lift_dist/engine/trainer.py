@@ -236,7 +236,13 @@ def trim_history(path: Path, epochs_done: int) -> None:
     """Keep the history of the epochs a resumed run keeps (none on a fresh start in an old run dir)."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("epoch", 0) <= epochs_done]
+    def kept(line: str) -> bool:
+        try:
+            return json.loads(line).get("epoch", 0) <= epochs_done
+        except (json.JSONDecodeError, AttributeError):
+            return False  # a line cut short by a kill
+
+    keep = [line for line in path.read_text().splitlines() if line.strip() and kept(line)]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(line + "\n" for line in keep))
     os.replace(tmp, path)
@@ -300,9 +306,9 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         model.encoder.compile()
 
     micro, accum = batch_layout(cfg, info.world)
-    # config.yaml records what ran: "auto" and "model default" values resolved.
-    cfg.data.resolution, cfg.precision, cfg.device = resolution, precision, info.device.type
-    cfg.compile = "always" if cfg.compile == "always" or (cfg.compile == "auto" and info.device.type == "cuda") else "never"
+    # config.yaml records the model's resolution; device, precision and world size (which depend on the
+    # machine, so a config.yaml stays usable on another) go to metrics.json.
+    cfg.data.resolution = resolution
     if info.is_main:
         save_yaml(cfg, run_dir / "config.yaml")
     params = [p for _, p in model.trainable_named_parameters()]
@@ -364,7 +370,8 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
             log(info, run_dir, f"resume=latest: no checkpoint in {run_dir / 'checkpoints'} yet, starting fresh")
         else:
             state = checkpoint.load(path, model, engine.optimizer, info.rank, cfg.optim.zero_stage)
-            checkpoint.check_same_run(path, state.get("run"), run_signature)
+            if state["step_in_epoch"] > 0:  # at an epoch boundary nothing can be skipped or repeated
+                checkpoint.check_same_run(path, state.get("run"), run_signature)
             start_epoch, start_step, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
             log(info, run_dir, f"resumed from {path} at epoch {start_epoch}, step {start_step} of the epoch")
 
@@ -539,6 +546,11 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
         "head_params": report["head"],
         "with_tte": bool(d.tte),
         "world_size": info.world,
+        "device": info.device.type,
+        "precision": precision,
+        "global_batch": cfg.optim.batch_size,
+        "micro_batch": micro,
+        "accumulation": accum,
         "eval_split": eval_m.split,
         "eval_samples": int(sum(final["per_class_count"])),
         "train_time_s": train_time,

@@ -45,14 +45,19 @@ class _Vpt(PeftMethod):
         return {"length": self.config.length, "layers": layers}
 
 
+@dataclass
+class VptShallowConfig:
+    """No `layers`: shallow is by definition the input of block 0, so a layer selection is refused
+    (on its own) or applies only to the other modules it is combined with."""
+
+    length: int = 10
+
+
 class VptShallow(_Vpt):
     name = "vpt-shallow"
+    config_class = VptShallowConfig
 
     def apply(self, vit, num_classes: int) -> dict:
-        # Shallow is by definition the input of block 0; any other selection is a mistake, not a choice.
-        if self.config.layers not in (None, "all", "0", 0, [0]):
-            raise ConfigError(f"vpt-shallow prompts only the input of block 0 (got layers {self.config.layers!r}); "
-                              "use vpt-deep to prompt chosen blocks")
         return self._add(vit, [0])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -82,4 +83,4 @@ def dump_dom(browser: str, url: str, timeout: int = 120) -> subprocess.Completed
 def console_errors(stderr: str) -> list[str]:
     """Chromium logs every page console message as `...:CONSOLE(line)] msg` whatever its level, and our
     pages log nothing, so any such line (or an uncaught exception) is a problem."""
-    return [ln for ln in stderr.splitlines() if ":CONSOLE(" in ln or "Uncaught" in ln]
+    return [ln for ln in stderr.splitlines() if re.search(r":CONSOLE[(:]\d+", ln) or "Uncaught" in ln]
