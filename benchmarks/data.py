@@ -49,11 +49,11 @@ def time_folder(root: Path, workers: int, batch: int, res: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def time_shards(shards: Path, workers: int, batch: int, res: int, draft: bool = True) -> float:
+def time_shards(shards: Path, workers: int, batch: int, res: int, draft: bool = True, tensor: bool = True) -> float:
     m = read_manifest(shards, "train")
     stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(lift_train_transform(res)),
                          train=True, num_classes=m.num_classes, shuffle_buffer=500,
-                         decode_min_side=res * 8 // 7 if draft else None)  # as the trainer does
+                         decode_min_side=res * 8 // 7 if draft else None, decode_to_tensor=tensor)  # as the trainer does
     loader = make_loader(stream, workers)
     t0 = time.perf_counter()
     n = sum(len(normalize_uint8(x)) for x, _, _ in rebatch(iter(loader), batch))  # the trainer's per-batch step included
@@ -70,6 +70,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="best of N timed passes for each loader")
     p.add_argument("--no-resize", action="store_true", help="shards keep the original 800 px JPEGs")
     p.add_argument("--no-draft", action="store_true", help="decode at full size (no JPEG draft mode)")
+    p.add_argument("--pil-decode", action="store_true",
+                   help="also time the shards through PIL images (decode, crop, resize) instead of uint8 tensors")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -80,11 +82,17 @@ def main() -> None:
                            workers=1, progress=False, resize=None if a.no_resize else 256)
         time_folder(tmp / "img", a.workers, a.batch, a.res)  # warm the page cache for both
         folder = max(time_folder(tmp / "img", a.workers, a.batch, a.res) for _ in range(a.repeats))
-        shards = max(time_shards(tmp / "shards", a.workers, a.batch, a.res, not a.no_draft) for _ in range(a.repeats))
+        shards, pil = 0.0, 0.0
+        for _ in range(a.repeats):  # interleaved, so both see the same machine load
+            shards = max(shards, time_shards(tmp / "shards", a.workers, a.batch, a.res, not a.no_draft))
+            if a.pil_decode:
+                pil = max(pil, time_shards(tmp / "shards", a.workers, a.batch, a.res, not a.no_draft, tensor=False))
     out = {"images": a.images, "workers": a.workers, "source": "800x600 photo-like JPEG", "transform": f"LIFT train, {a.res} px",
            "shards_resized_at_build": not a.no_resize, "jpeg_draft": not a.no_draft,
            "folder_images_per_s_per_worker": folder / a.workers, "shards_images_per_s_per_worker": shards / a.workers,
            "speedup": shards / folder}
+    if a.pil_decode:
+        out |= {"shards_pil_images_per_s_per_worker": pil / a.workers, "tensor_over_pil": shards / pil}
     if a.json:
         print(json.dumps(out, indent=2))
         return
@@ -92,6 +100,9 @@ def main() -> None:
     print(f"  folder of JPEGs (ImageFolder + PIL): {out['folder_images_per_s_per_worker']:7.1f} img/s per worker")
     kind = ("resized at build" if not a.no_resize else "original bytes") + (", draft" if not a.no_draft else "")
     print(f"  lift-dist shards ({kind}): {out['shards_images_per_s_per_worker']:7.1f} img/s per worker")
+    if a.pil_decode:
+        print(f"  lift-dist shards, PIL images instead of uint8 tensors: {out['shards_pil_images_per_s_per_worker']:7.1f} img/s per worker "
+              f"(tensors {out['tensor_over_pil']:.2f}x)")
     print(f"  speed-up: {out['speedup']:.2f}x")
 
 

@@ -21,9 +21,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from lift_dist.engine.flops import forward_flops_per_image, utilisation
 from lift_dist.model.lift_model import ModelConfig, build_model
-
-PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def sync(device):
@@ -80,14 +79,6 @@ def run(forward, params, x, y, steps, warmup, precision, device):
     return {"images_per_s": n / total, "ms_per_image": 1000 * total / n, **{f"{k}_share": v / total for k, v in t.items()}}
 
 
-def forward_flops(forward, x) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=torch.bfloat16), FlopCounterMode(display=False) as fc:
-        forward(x[:1])
-    return fc.get_total_flops() * x.shape[0]
-
-
 def measure(name, peft, batch, steps, warmup, device, precision, num_classes, compile_model, channels_last, frozen_bf16=False):
     torch.manual_seed(0)
     model, _ = build_model(ModelConfig(name=name, peft=[peft], head_init="random"), num_classes)
@@ -111,14 +102,9 @@ def measure(name, peft, batch, steps, warmup, device, precision, num_classes, co
     row = {"model": name, "peft": peft, "batch": batch, "precision": precision, "device": str(device),
            "compile": compile_model, "ours": ours, "plain": plain,
            "time_ratio": ours["ms_per_image"] / plain["ms_per_image"]}
-    if device.type == "cuda":
-        flops = forward_flops(model, x)
-        gpu = torch.cuda.get_device_name()
-        peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in gpu), None)
-        row["gpu"] = gpu
-        row["train_tflops"] = 2 * flops / batch * ours["images_per_s"] / 1e12
-        if peak:
-            row["mfu"] = row["train_tflops"] / peak
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
+    row["forward_gflops_per_image"] = forward_flops_per_image(model, res, device, bf16=frozen_bf16) / 1e9
+    row |= {"gpu": gpu} | utilisation(ours["images_per_s"], row["forward_gflops_per_image"] * 1e9, gpu)
     return row
 
 
@@ -144,13 +130,13 @@ def main():
         print(json.dumps(rows, indent=2))
         return
     print(f"training step, {a.device} {a.precision}, batch {a.batch}, {a.steps} timed steps (plain = open_clip MHA path, full autograd)")
-    print(f"{'model':<10} {'module':<12} {'ours img/s':>10} {'plain img/s':>11} {'ours/plain time':>15} {'fwd/bwd/opt %':>16} {'MFU':>6}")
+    print(f"{'model':<10} {'module':<12} {'ours img/s':>10} {'plain img/s':>11} {'ours/plain time':>15} {'fwd/bwd/opt %':>16} {'TFLOP/s':>8} {'MFU':>6}")
     for r in rows:
         o = r["ours"]
         split = f"{100 * o['forward_share']:.0f}/{100 * o['backward_share']:.0f}/{100 * o['optimizer_share']:.0f}"
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
         print(f"{r['model']:<10} {r['peft']:<12} {o['images_per_s']:>10.1f} {r['plain']['images_per_s']:>11.1f} "
-              f"{r['time_ratio']:>15.2f} {split:>16} {mfu:>6}")
+              f"{r['time_ratio']:>15.2f} {split:>16} {r['train_tflops']:>8.3f} {mfu:>6}")
 
 
 if __name__ == "__main__":

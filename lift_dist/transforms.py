@@ -1,4 +1,9 @@
-"""Image transforms on PIL images (torchvision.transforms v1 throughout).
+"""Image transforms (torchvision.transforms v1 throughout).
+
+Every transform takes a PIL image. The training ones (and `eval_transform`) also take a (3, H, W)
+uint8 tensor, as the training stream decodes them: crops and resizes then run through torch's uint8
+antialias kernels on a channels-last copy, Pillow's algorithm vectorised (the same values up to
+rounding, at most two grey levels; about 3x faster here; `benchmarks/data.py --pil-decode` compares).
 
 - `lift_train_transform`: LIFT's RandomResizedCrop + flip (LIFT §6).
 - `minimalist_train_transform`: LIFT+'s minimalist augmentation (MDA, LIFT+ §2): a square crop whose
@@ -17,6 +22,7 @@ import math
 import multiprocessing
 
 import torch
+import torch.nn.functional as F
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
@@ -50,10 +56,56 @@ def _normalize() -> T.Normalize:
     return T.Normalize(CLIP_MEAN, CLIP_STD)
 
 
+def resized_crop(img, top: int, left: int, height: int, width: int, size, interpolation: InterpolationMode):
+    """Crop, then antialiased resize to `size` (h, w): a PIL image, or a (3, H, W) uint8 tensor."""
+    if not isinstance(img, torch.Tensor):
+        return TF.resized_crop(img, top, left, height, width, list(size), interpolation, antialias=True)
+    # Packed channels-last, uint8 takes torch's vectorised antialias path; strided crops fall back
+    # to a generic kernel several times slower.
+    crop = img[:, top:top + height, left:left + width].unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    return F.interpolate(crop, size=tuple(size), mode=interpolation.value, antialias=True, align_corners=False)[0]
+
+
+class RandomResizedCrop(T.RandomResizedCrop):
+    """torchvision's RandomResizedCrop (same parameters, same random draws) with the fast uint8
+    tensor path of `resized_crop`."""
+
+    def forward(self, img):
+        top, left, h, w = self.get_params(img, self.scale, self.ratio)
+        return resized_crop(img, top, left, h, w, self.size, self.interpolation)
+
+
+class Resize(T.Resize):
+    """torchvision's Resize(int) of the shorter side, with the fast uint8 tensor path."""
+
+    def forward(self, img):
+        if not isinstance(img, torch.Tensor) or not isinstance(self.size, int):
+            return super().forward(img)
+        h, w = img.shape[-2:]
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.size, int(self.size * long / short)  # torchvision's rounding
+        size = (new_long, new_short) if w <= h else (new_short, new_long)
+        return img if size == (h, w) else resized_crop(img, 0, 0, h, w, size, self.interpolation)
+
+
+class ToUint8Tensor:
+    """PIL image or uint8 tensor -> contiguous (3, H, W) uint8 tensor: the end of the uint8 path."""
+
+    def __call__(self, img) -> torch.Tensor:
+        if not isinstance(img, torch.Tensor):
+            img = TF.pil_to_tensor(img)
+        if img.dtype != torch.uint8:
+            raise DataError(f"expected a uint8 image tensor, got {img.dtype}")
+        return img.contiguous()
+
+    def __repr__(self) -> str:
+        return "ToUint8Tensor()"
+
+
 def lift_train_transform(res: int, interpolation="bilinear") -> T.Compose:
     """LIFT: RandomResizedCrop(res) with default scale (0.08, 1) and ratio (3/4, 4/3), flip, normalise."""
     return T.Compose(
-        [T.RandomResizedCrop(_check_res(res), interpolation=_interp(interpolation)), T.RandomHorizontalFlip(),
+        [RandomResizedCrop(_check_res(res), interpolation=_interp(interpolation)), T.RandomHorizontalFlip(),
          T.ToTensor(), _normalize()]
     )
 
@@ -157,7 +209,7 @@ class MinimalistRandomCrop:
         width, height = TF.get_image_size(img)
         top, left, h, w = mda_crop_params(height, width, min_scale)
         self.last_params = (top, left, h, w, min_scale)
-        return TF.resized_crop(img, top, left, h, w, [self.res, self.res], self.interpolation, antialias=True)
+        return resized_crop(img, top, left, h, w, (self.res, self.res), self.interpolation)
 
     def __repr__(self) -> str:
         return (f"MinimalistRandomCrop(res={self.res}, num_epochs={self.num_epochs}, schedule={self.schedule}, "
@@ -190,7 +242,7 @@ def eval_transform(res: int, interpolation="bilinear") -> T.Compose:
     """Resize(res·8//7) on the shorter side, CenterCrop(res). [QUIRK kept] not CLIP's own 224-resize:
     it is what the paper's numbers were measured with."""
     res = _check_res(res)
-    return T.Compose([T.Resize(res * 8 // 7, interpolation=_interp(interpolation)), T.CenterCrop(res), T.ToTensor(), _normalize()])
+    return T.Compose([Resize(res * 8 // 7, interpolation=_interp(interpolation)), T.CenterCrop(res), T.ToTensor(), _normalize()])
 
 
 class _StackCrops:
@@ -234,13 +286,14 @@ def average_crop_logits(model_fn, crops: torch.Tensor) -> torch.Tensor:
 
 
 def uint8_output(transform: T.Compose) -> T.Compose:
-    """The same transform, but ending in a uint8 tensor instead of ToTensor + Normalize.
+    """The same transform, but ending in a uint8 tensor instead of ToTensor + Normalize; it then also
+    takes uint8 tensor images (see the module docstring).
 
     Loader workers then send 4x fewer bytes, and the float conversion and normalisation run once per
     batch on the training device (`normalize_uint8`), which gives the same values.
     """
     steps = [t for t in transform.transforms if not isinstance(t, (T.ToTensor, T.Normalize))]
-    return type(transform)(steps + [T.PILToTensor()])
+    return type(transform)(steps + [ToUint8Tensor()])
 
 
 _SCALE = torch.tensor([1.0 / (255.0 * s) for s in CLIP_STD]).view(1, 3, 1, 1)

@@ -45,3 +45,19 @@ def test_user_errors_print_one_line_without_traceback():
                                             ("adapter", 617_856), ("full", 85_054_464)])
 def test_every_vit_b16_count_in_the_method_page(capsys, peft, expected):
     assert report(capsys, "--model", "ViT-B-16", "--peft", peft, "--num-classes", "1000")["peft"] == expected
+
+
+def test_lift_plus_recipe_sizes_lora_with_c_over_4l_only_when_lora_is_chosen():
+    """LIFT+ (lift-plus-reference §3.2): LoRA r = 2^floor(log2(C / 4L)), AdaptFormer keeps C / 2L."""
+    from lift_dist.config import load_config
+    from lift_dist.model.lift_model import build_model
+
+    def built(preset, *overrides):
+        cfg = load_config(preset, None, ["model.pretrained=null", "model.head_init=random", *overrides])
+        return build_model(cfg.model, 1000)[0]
+
+    plus = built("imagenet_lt/lift_plus", "model.peft=[lora]")
+    assert plus.peft_info["lora"]["r"] == 16 and plus.parameter_report()["peft"] == 12 * 2 * 2 * 768 * 16
+    assert built("imagenet_lt/lift", "model.peft=[lora]").peft_info["lora"]["r"] == 32
+    assert built("imagenet_lt/lift_plus").peft_info["adaptformer"]["r"] == 32  # the default module is unaffected
+    assert built("imagenet_lt/lift_plus", "model.peft=[lora]", "model.peft_options={lora: {divisor: 8}}").peft_info["lora"]["r"] == 8

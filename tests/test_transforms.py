@@ -244,3 +244,30 @@ def test_uint8_path_gives_the_same_values_as_totensor_normalize():
         out = u8(img)
         assert out.dtype == torch.uint8 and type(u8) is type(tf)
         torch.testing.assert_close(normalize_uint8(out[None])[0], ref, atol=1e-6, rtol=0)
+
+
+def test_uint8_tensor_images_give_the_pil_values():
+    """The training stream decodes to uint8 tensors: every training transform must draw the same crops
+    and give PIL's pixels (antialiased bilinear and bicubic, up to rounding: at most two grey levels,
+    well under one on average; another crop of this photo would differ by tens)."""
+    from lift_dist.shards.synthetic import photo_jpegs
+    from lift_dist.transforms import SharedEpoch, uint8_output
+
+    pil = Image.open(__import__("io").BytesIO(next(iter(photo_jpegs(1, 341, 256, seed=3))))).convert("RGB")
+    tensor = torch.from_numpy(np.array(pil)).permute(2, 0, 1)  # channels-last in memory, as decoded
+    transforms = [lift_train_transform(224), lift_train_transform(96, "bicubic"), eval_transform(224),
+                  eval_transform(64, "bicubic"), minimalist_train_transform(224, 5, epoch=SharedEpoch(0)),
+                  minimalist_train_transform(128, 5, epoch=SharedEpoch(4))]
+    for tf in transforms:
+        u8 = uint8_output(tf)
+        for seed in range(6):  # small and large crops, flipped and not
+            torch.manual_seed(seed)
+            ref = u8(pil)
+            torch.manual_seed(seed)
+            out = u8(tensor)
+            assert out.dtype == torch.uint8 and out.shape == ref.shape and out.is_contiguous(), tf
+            diff = (out.int() - ref.int()).abs()
+            assert diff.max() <= 2 and diff.float().mean() < 0.3, (tf, seed, diff.max().item())
+    # A plain float pipeline on a tensor is not what the uint8 path is for: it says what it expected.
+    with pytest.raises(DataError, match="uint8"):
+        uint8_output(eval_transform(32))(tensor.float())

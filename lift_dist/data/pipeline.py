@@ -18,10 +18,12 @@ from __future__ import annotations
 import io
 import math
 import random
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
@@ -81,10 +83,76 @@ def check_shard_count(manifest: Manifest, world: int, workers: int, what: str) -
         )
 
 
-def decode_sample(sample: dict, num_classes: int, min_side: int | None = None) -> tuple[Image.Image, int, str]:
-    """Decode one sample. With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8)
-    whose shorter side is still >= min_side (PIL draft mode): shards built with --no-resize then
-    cost little more than resized ones."""
+def _jpeg_decoder():
+    """libjpeg-turbo straight to a (3, H, W) uint8 tensor: TorchCodec where installed (it supersedes
+    torchvision's image decoders, deprecated since torchvision 0.29), else torchvision's."""
+    try:
+        from torchcodec.decoders import decode_jpeg
+
+        return lambda data: decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode="RGB")
+    except Exception:  # not installed, or built for another torch
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+        return lambda data: decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+_decode_jpeg = None
+
+
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image size.
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header without decoding; None if not found."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+        elif marker in _JPEG_SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        elif marker == 0xDA:  # scan data starts: no frame header before it
+            return None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _decode_pil(data: bytes, min_side: int | None) -> Image.Image:
+    img = Image.open(io.BytesIO(data))
+    if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+        k = min_side / min(img.size)
+        img.draft("RGB", (max(1, round(img.width * k)), max(1, round(img.height * k))))
+    return img.convert("RGB")
+
+
+def _decode_tensor(data: bytes, is_jpeg: bool, min_side: int | None) -> torch.Tensor:
+    """(3, H, W) uint8, channels-last in memory. JPEGs go straight to a tensor (`_jpeg_decoder`: no
+    PIL image, no copy), unless draft mode can decode them at a reduced scale; other formats via PIL."""
+    global _decode_jpeg
+    size = jpeg_size(data) if is_jpeg else None
+    if size is not None and not (min_side and min(size) >= 2 * min_side):
+        if _decode_jpeg is None:
+            _decode_jpeg = _jpeg_decoder()
+        return _decode_jpeg(bytearray(data))  # bytearray: torch wants a writable buffer
+    return torch.from_numpy(np.array(_decode_pil(data, min_side))).permute(2, 0, 1)
+
+
+def decode_sample(sample: dict, num_classes: int, min_side: int | None = None, as_tensor: bool = False):
+    """Decode one sample to (image, label, key): a PIL image, or with `as_tensor` a (3, H, W) uint8
+    tensor. With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter
+    side is still >= min_side (PIL draft mode): shards built with --no-resize then cost little more
+    than resized ones."""
     key = sample.get("__key__", "?")
     where = f"sample '{key}' in {sample.get('__url__', '?')}"
     img_key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -96,14 +164,17 @@ def decode_sample(sample: dict, num_classes: int, min_side: int | None = None) -
         raise DataError(f"{where}: 'cls' is not an integer label: {sample['cls'][:20]!r}") from None
     if not 0 <= label < num_classes:
         raise DataError(f"{where}: label {label} is outside 0..{num_classes - 1} of the manifest")
+    data = sample[img_key]
     try:
-        img = Image.open(io.BytesIO(sample[img_key]))
-        if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
-            k = min_side / min(img.size)
-            img.draft("RGB", (max(1, round(img.width * k)), max(1, round(img.height * k))))
-        img = img.convert("RGB")
+        if as_tensor:
+            img = _decode_tensor(data, img_key in ("jpg", "jpeg"), min_side)
+        else:
+            img = _decode_pil(data, min_side)
     except Exception as e:
-        raise DataError(f"{where}: image cannot be decoded ({type(e).__name__}: {e})") from None
+        msg = str(e).strip()
+        if re.match(r"decode_\w+, \S+:\d+, ", msg):  # the decoders prefix their C++ source location
+            msg = msg.split(", ", 2)[2]
+        raise DataError(f"{where}: image cannot be decoded ({type(e).__name__}: {msg})") from None
     return img, label, key
 
 
@@ -126,6 +197,7 @@ class ShardStream(IterableDataset):
         samples_per_rank: int | None = None,
         chunk: int = 16,
         decode_min_side: int | None = None,
+        decode_to_tensor: bool = False,
     ):
         super().__init__()
         self.files = [str(f) for f in manifest.shard_files]
@@ -134,6 +206,7 @@ class ShardStream(IterableDataset):
         self.transform, self.train, self.num_classes = transform, train, num_classes
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
         self.samples_per_rank, self.chunk, self.decode_min_side = samples_per_rank, chunk, decode_min_side
+        self.decode_to_tensor = decode_to_tensor  # the transform must take uint8 tensors (transforms.uint8_output)
 
     def _urls(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict]:
         if self.resampled:
@@ -167,7 +240,7 @@ class ShardStream(IterableDataset):
                 break
             url = sample.get("__url__", "?")
             seen[url] = seen.get(url, 0) + 1
-            img, label, key = decode_sample(sample, self.num_classes, self.decode_min_side)
+            img, label, key = decode_sample(sample, self.num_classes, self.decode_min_side, self.decode_to_tensor)
             if self.train:
                 # Per-sample seed: augmentation independent of worker count and replayable.
                 # (CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack trace, per sample.)

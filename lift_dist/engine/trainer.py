@@ -337,7 +337,7 @@ def _train(cfg: RunConfig, info: DistInfo) -> dict:
     stream = ShardStream(
         train_m, plan, info.rank, epoch_value, train_tf, train=True, num_classes=C, shuffle_buffer=d.shuffle_buffer,
         resampled=d.epoch_mode == "resampled", seed=cfg.seed, samples_per_rank=per_rank_resampled,
-        decode_min_side=resolution * 8 // 7 if d.jpeg_draft else None,
+        decode_min_side=resolution * 8 // 7 if d.jpeg_draft else None, decode_to_tensor=True,
     )
     cache = None
     if d.feature_cache:

@@ -10,7 +10,7 @@ import torch.nn as nn
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.model.backbone import load_clip
 from lift_dist.model.vit import PeftViT
-from lift_dist.peft import apply_peft, make_configs
+from lift_dist.peft import apply_peft, make_configs, method_class
 
 
 @dataclass
@@ -23,6 +23,9 @@ class ModelConfig:
     alpha: float | None = None
     layers: str | None = None
     peft_options: dict = field(default_factory=dict)
+    # A recipe's per-method options, used only for the methods chosen (peft_options win over them):
+    # LIFT+ sizes LoRA with C / (4L), so lift_plus sets {lora: {divisor: 4}} whatever the module.
+    peft_defaults: dict = field(default_factory=dict)
     head: str = "cosine"
     scale: float = 25.0
     head_init: str = "semantic"  # semantic | class_mean | random
@@ -118,7 +121,16 @@ def build_model(config: ModelConfig, num_classes: int, clip_model=None):
 
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    peft_configs = make_configs(config.peft, config.peft_options, r=config.r, alpha=config.alpha, layers=config.layers)
+    for name in config.peft_defaults:  # a misspelt method would otherwise never apply
+        try:
+            method_class(name)
+        except ConfigError as e:
+            raise ConfigError(f"model.peft_defaults: {e}") from None
+    names = config.peft if isinstance(config.peft, list) else [n.strip() for n in str(config.peft).split(",") if n.strip()]
+    options = {name: {**config.peft_defaults.get(name, {}), **config.peft_options.get(name, {})}
+               for name in names if name in config.peft_defaults or name in config.peft_options}
+    options |= {k: v for k, v in config.peft_options.items() if k not in options}  # unknown names: make_configs says so
+    peft_configs = make_configs(config.peft, options, r=config.r, alpha=config.alpha, layers=config.layers)
     if clip_model is None:
         # A randomly initialised backbone (tests, `tiny`) must be the same in every process and in
         # every later `predict`, so it is drawn from a fixed seed without touching the global RNG.
