@@ -472,8 +472,10 @@ def plot_results(rows: list[dict], space: dict, metric: str, path: Path) -> None
                 xs = [names.index(str(x)) for x in xs]
                 ax.set_xticks(range(len(names)), names)
             ax.scatter(xs, ys, c=colour, label=status, s=24)
-        if key in ("alpha", "lr") or (key == "r" and pts):
-            ax.set_xscale("log")
+        if not pts:  # e.g. alpha when no trial drew the sparse module
+            ax.text(0.5, 0.5, "no trial used it", ha="center", va="center", transform=ax.transAxes)
+        elif key in ("alpha", "lr", "r") and all(isinstance(p[0], (int, float)) and p[0] > 0 for p in pts):
+            ax.set_xscale("log")  # a log axis without positive data cannot place its ticks
         ax.set_xlabel(key)
         ax.set_ylabel(f"validation {metric}")
     axes[0][0].legend(fontsize=8)

@@ -127,3 +127,21 @@ def test_missing_shards_and_slurm_without_sbatch(tmp_path):
     p = subprocess.run([*SWEEP, "--shards", str(tmp_path), "--out", str(tmp_path / "s"), "--backend", "slurm"],
                        capture_output=True, text=True, cwd=REPO, env=run_env() | {"PATH": str(bin_dir)}, timeout=120)
     assert p.returncode == 2 and "--backend slurm needs `sbatch` on PATH" in p.stderr
+
+
+def test_sweep_plot_copes_with_dimensions_no_trial_used(tmp_path):
+    """alpha only applies to sparse trials: a sweep whose trials all drew another module still gets its
+    plot (a log axis with no positive values used to abort the summary after every trial had run)."""
+    from PIL import Image
+
+    from lift_dist.sweep import plot_results
+
+    rows = [{"module": m, "alpha": None, "r": r, "scale": s, "accuracy": a, "status": "completed"}
+            for m, r, s, a in (("adaptformer", 8, 20.0, 0.4), ("lora", 16, 25.0, 0.5))]
+    space = {"module": ["adaptformer", "lora", "sparse"], "alpha": {"loguniform": [0.001, 0.1]},
+             "r": {"choice": [8, 16]}, "scale": {"uniform": [20, 30]}}
+    plot_results(rows, space, "accuracy", tmp_path / "plot.png")
+    assert Image.open(tmp_path / "plot.png").size[0] > 0
+    rows[0]["r"] = 0  # no log axis for a non-positive value either
+    plot_results(rows, space, "accuracy", tmp_path / "plot2.png")
+    assert (tmp_path / "plot2.png").stat().st_size > 0
