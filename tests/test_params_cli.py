@@ -61,3 +61,12 @@ def test_lift_plus_recipe_sizes_lora_with_c_over_4l_only_when_lora_is_chosen():
     assert built("imagenet_lt/lift", "model.peft=[lora]").peft_info["lora"]["r"] == 32
     assert built("imagenet_lt/lift_plus").peft_info["adaptformer"]["r"] == 32  # the default module is unaffected
     assert built("imagenet_lt/lift_plus", "model.peft=[lora]", "model.peft_options={lora: {divisor: 8}}").peft_info["lora"]["r"] == 8
+    assert built("imagenet_lt/lift_plus", "model.peft=[lora]", "model.r=4").peft_info["lora"]["r"] == 4  # an explicit r wins
+
+    from lift_dist.errors import ConfigError
+    from lift_dist.peft import make_configs
+
+    with pytest.raises(ConfigError, match="unknown lightweight module 'lorra'"):
+        make_configs(["adaptformer"], defaults={"lorra": {"divisor": 4}})
+    with pytest.raises(ConfigError, match="lora has no option 'dvisor'"):
+        make_configs(["lora"], defaults={"lora": {"dvisor": 4}})

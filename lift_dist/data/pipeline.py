@@ -102,50 +102,28 @@ def _jpeg_decoder():
 _decode_jpeg = None
 
 
-# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image size.
-_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's frame header without decoding; None if not found."""
-    if data[:2] != b"\xff\xd8":
-        return None
-    i, n = 2, len(data)
-    while i + 9 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
-            i += 2
-        elif marker in _JPEG_SOF:
-            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
-        elif marker == 0xDA:  # scan data starts: no frame header before it
-            return None
-        else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
-
-
-def _decode_pil(data: bytes, min_side: int | None) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    if min_side and img.format == "JPEG" and min(img.size) >= 2 * min_side:
+def _draft_decode(img: Image.Image, min_side: int | None) -> Image.Image:
+    """RGB pixels of an opened image; a large JPEG at the smallest DCT scale keeping min_side."""
+    if _draft_helps(img, min_side):
         k = min_side / min(img.size)
         img.draft("RGB", (max(1, round(img.width * k)), max(1, round(img.height * k))))
     return img.convert("RGB")
 
 
-def _decode_tensor(data: bytes, is_jpeg: bool, min_side: int | None) -> torch.Tensor:
+def _draft_helps(img: Image.Image, min_side: int | None) -> bool:
+    return bool(min_side) and img.format == "JPEG" and min(img.size) >= 2 * min_side
+
+
+def _decode_tensor(data: bytes, min_side: int | None) -> torch.Tensor:
     """(3, H, W) uint8, channels-last in memory. JPEGs go straight to a tensor (`_jpeg_decoder`: no
     PIL image, no copy), unless draft mode can decode them at a reduced scale; other formats via PIL."""
     global _decode_jpeg
-    size = jpeg_size(data) if is_jpeg else None
-    if size is not None and not (min_side and min(size) >= 2 * min_side):
+    img = Image.open(io.BytesIO(data))  # reads the header only (format, size): ~20 us
+    if img.format == "JPEG" and not _draft_helps(img, min_side):
         if _decode_jpeg is None:
             _decode_jpeg = _jpeg_decoder()
         return _decode_jpeg(bytearray(data))  # bytearray: torch wants a writable buffer
-    return torch.from_numpy(np.array(_decode_pil(data, min_side))).permute(2, 0, 1)
+    return torch.from_numpy(np.array(_draft_decode(img, min_side))).permute(2, 0, 1)
 
 
 def decode_sample(sample: dict, num_classes: int, min_side: int | None = None, as_tensor: bool = False):
@@ -166,10 +144,7 @@ def decode_sample(sample: dict, num_classes: int, min_side: int | None = None, a
         raise DataError(f"{where}: label {label} is outside 0..{num_classes - 1} of the manifest")
     data = sample[img_key]
     try:
-        if as_tensor:
-            img = _decode_tensor(data, img_key in ("jpg", "jpeg"), min_side)
-        else:
-            img = _decode_pil(data, min_side)
+        img = _decode_tensor(data, min_side) if as_tensor else _draft_decode(Image.open(io.BytesIO(data)), min_side)
     except Exception as e:
         msg = str(e).strip()
         if re.match(r"decode_\w+, \S+:\d+, ", msg):  # the decoders prefix their C++ source location

@@ -10,7 +10,7 @@ import torch.nn as nn
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.model.backbone import load_clip
 from lift_dist.model.vit import PeftViT
-from lift_dist.peft import apply_peft, make_configs, method_class
+from lift_dist.peft import apply_peft, make_configs
 
 
 @dataclass
@@ -121,16 +121,8 @@ def build_model(config: ModelConfig, num_classes: int, clip_model=None):
 
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    for name in config.peft_defaults:  # a misspelt method would otherwise never apply
-        try:
-            method_class(name)
-        except ConfigError as e:
-            raise ConfigError(f"model.peft_defaults: {e}") from None
-    names = config.peft if isinstance(config.peft, list) else [n.strip() for n in str(config.peft).split(",") if n.strip()]
-    options = {name: {**config.peft_defaults.get(name, {}), **config.peft_options.get(name, {})}
-               for name in names if name in config.peft_defaults or name in config.peft_options}
-    options |= {k: v for k, v in config.peft_options.items() if k not in options}  # unknown names: make_configs says so
-    peft_configs = make_configs(config.peft, options, r=config.r, alpha=config.alpha, layers=config.layers)
+    peft_configs = make_configs(config.peft, config.peft_options, config.peft_defaults, r=config.r, alpha=config.alpha,
+                                layers=config.layers)
     if clip_model is None:
         # A randomly initialised backbone (tests, `tiny`) must be the same in every process and in
         # every later `predict`, so it is drawn from a fixed seed without touching the global RNG.

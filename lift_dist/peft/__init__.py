@@ -34,10 +34,12 @@ def method_class(name: str) -> type[PeftMethod]:
     return REGISTRY[name]
 
 
-def make_configs(names: list[str] | str, options: dict[str, dict] | None = None, **shared) -> list[tuple[str, PeftConfig]]:
+def make_configs(names: list[str] | str, options: dict[str, dict] | None = None, defaults: dict[str, dict] | None = None,
+                 **shared) -> list[tuple[str, PeftConfig]]:
     """Build one config per method. `shared` (e.g. r=64, alpha=0.01, layers='last:6', length=20) goes to
     every method whose config has that field, and must fit at least one of them; `options[name]` is
-    per-method and wins."""
+    per-method and wins. `defaults[name]` (a recipe's, e.g. LIFT+'s {lora: {divisor: 4}}) applies only
+    if that method is chosen, under shared and options."""
     if isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
     if not names:
@@ -46,10 +48,12 @@ def make_configs(names: list[str] | str, options: dict[str, dict] | None = None,
         raise ConfigError(f"a module is listed twice in {names}")
     if "none" in names and len(names) > 1:
         raise ConfigError("'none' (head only) cannot be combined with other modules")
-    options = options or {}
+    options, defaults = options or {}, defaults or {}
     unknown = [k for k in options if k not in names]
     if unknown:
         raise ConfigError(f"options given for '{unknown[0]}', which is not among the chosen modules {names}")
+    for name in defaults:  # a misspelt method would otherwise never apply
+        method_class(name)
     shared = {k: v for k, v in shared.items() if v is not None}
     used: set[str] = set()
     out = []
@@ -58,11 +62,11 @@ def make_configs(names: list[str] | str, options: dict[str, dict] | None = None,
         fields = {f.name for f in dataclasses.fields(cls.config_class)}
         kwargs = {k: v for k, v in shared.items() if k in fields}
         used |= set(kwargs)
-        extra = options.get(name, {})
-        bad = [k for k in extra if k not in fields]
-        if bad:
-            raise ConfigError(f"{name} has no option '{bad[0]}'; its options: {choices(fields)}")
-        kwargs.update(extra)
+        for extra in (defaults.get(name, {}), options.get(name, {})):
+            bad = [k for k in extra if k not in fields]
+            if bad:
+                raise ConfigError(f"{name} has no option '{bad[0]}'; its options: {choices(fields)}")
+        kwargs = {**defaults.get(name, {}), **kwargs, **options.get(name, {})}
         out.append((name, cls.config_class(**kwargs)))
     ignored = [k for k in shared if k not in used]
     if ignored:
