@@ -1,237 +1,279 @@
-"""Typed run configuration: presets (YAML shipped in lift_dist/presets) + overrides.
+"""The run configuration: one typed model, validated when it is loaded.
 
-A preset is `<dataset>` or `<dataset>/<recipe>` (recipe `lift` or `lift_plus`, default `lift`):
-the dataset YAML and the recipe YAML are merged (recipe first, dataset wins where the paper sets a
-per-dataset value such as iNat's epochs), then command-line overrides `section.key=value` win.
+A run is configured by a preset (`<dataset>` or `<dataset>/<recipe>`, YAML shipped in
+lift_dist/presets), an optional YAML file and `--set a.b=c` overrides, in that order. Every setting
+is typed here, with its choices taken from the registries that implement them (modules, losses,
+heads, inits, transforms), so a bad value stops `load_config` with one line naming the key, the value
+and what is allowed, before any process group, model or compile step. Between processes the
+configuration travels as a resolved YAML file (`save_config` / `load_config(config_file=...)`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
-from importlib import resources
+import os
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from lift_dist.errors import ConfigError, choices
-from lift_dist.model.lift_model import ModelConfig
+from lift_dist.errors import ConfigError
+from lift_dist.head_init import INIT_METHODS, PROMPTS
+from lift_dist.heads import HEADS
+from lift_dist.losses import LOSSES
+from lift_dist.model import registry as model_registry
+from lift_dist.peft import REGISTRY as PEFT_REGISTRY
+from lift_dist.peft import check_configs, make_configs
+from lift_dist.peft.base import BottleneckR, LayerSpec
+from lift_dist.presets import RECIPES, available_presets, preset_layers
+from lift_dist.transforms import AUGMENTATIONS, INTERPOLATIONS, MDA_SCHEDULES, TTE_MODES
+from lift_dist.validation import Strict, validate
 
-RECIPES = ("lift", "lift_plus")
+SECTIONS = ("model", "data", "optim")
+
+PeftName = Literal[tuple(PEFT_REGISTRY)]
+NonNegative = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+SplitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 
-@dataclass
-class DataConfig:
+def _comma_list(v):
+    """`--set model.peft=lora,ssf` and `--peft lora` give a list."""
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+def absolute_path(v: str | None) -> str | None:
+    """Paths are stored absolute, so a config.yaml works from any directory (predict, sweeps, Slurm)."""
+    if v is None or v == "" or "://" in v:
+        return v
+    return str(Path(v).expanduser().absolute())
+
+
+def _looks_like_path(v: str) -> bool:
+    return os.sep in v or v.endswith((".pt", ".pth", ".bin", ".safetensors")) or os.path.exists(v)
+
+
+class ModelConfig(Strict):
+    name: str = "ViT-B-16"  # an open_clip ViT name, or `tiny` (built in, random)
+    pretrained: str | None = None  # open_clip tag ('openai') or weights file; None = random init
+    peft: Annotated[list[PeftName], BeforeValidator(_comma_list)] = ["adaptformer"]
+    # Shared module options (None = each method's default); per-method ones go in peft_options.
+    r: BottleneckR | None = None
+    alpha: Annotated[float, Field(gt=0, le=1)] | None = None
+    layers: LayerSpec | None = None
+    peft_options: dict[PeftName, dict[str, Any]] = {}
+    # A recipe's per-method options, used only for the methods chosen (peft_options win over them):
+    # LIFT+ sizes LoRA with C / (4L), so lift_plus sets {lora: {divisor: 4}} whatever the module.
+    peft_defaults: dict[PeftName, dict[str, Any]] = {}
+    head: Literal[tuple(HEADS)] = "cosine"
+    scale: PositiveFloat = 25.0
+    head_init: Literal[INIT_METHODS] = "semantic"
+    prompt: Literal[PROMPTS] = "default"
+    template: str = "a photo of a {}."
+    descriptions: str | None = None  # JSON file {class name: [sentences]} for prompt=descriptions
+
+    @field_validator("name")
+    @classmethod
+    def _known_vit(cls, v: str) -> str:
+        if model_registry.vision_geometry(v) is None:
+            known = "unknown" if model_registry.model_config(v) is None else "not a plain open_clip ViT"
+            raise ValueError(f"model is {known}; valid names include: {', '.join(model_registry.vit_names())}")
+        return v
+
+    @field_validator("pretrained")
+    @classmethod
+    def _absolute_weights(cls, v: str | None) -> str | None:
+        return absolute_path(v) if v and _looks_like_path(v) else v
+
+    @field_validator("descriptions")
+    @classmethod
+    def _absolute_descriptions(cls, v):
+        return absolute_path(v)
+
+    @field_validator("template")
+    @classmethod
+    def _has_slot(cls, v: str) -> str:
+        if "{}" not in v:
+            raise ValueError("the prompt template needs a '{}' where the class name goes")
+        return v
+
+    @model_validator(mode="after")
+    def _modules_fit_the_model(self):
+        configs = make_configs(self.peft, self.peft_options, self.peft_defaults, r=self.r, alpha=self.alpha,
+                               layers=self.layers)
+        check_configs(configs, model_registry.vision_geometry(self.name).layers)
+        if self.prompt == "descriptions" and not self.descriptions:
+            raise ConfigError("model.prompt=descriptions needs model.descriptions=<JSON file of sentences per class>")
+        return self
+
+    def peft_configs(self):
+        return make_configs(self.peft, self.peft_options, self.peft_defaults, r=self.r, alpha=self.alpha, layers=self.layers)
+
+
+class DataConfig(Strict):
     shards: str = ""  # directory built by shards/ (holds {split}-*.tar and manifests)
-    train_split: str = "train"
-    eval_split: str = "test"
-    resolution: int | None = None  # None: the model's image size
-    interpolation: str = "bilinear"  # LIFT: bilinear; LIFT+: bicubic
-    augment: str = "lift"  # lift (RandomResizedCrop + flip) | mda (LIFT+ minimalist) | none
-    mda_schedule: str = "convex"
-    workers: int = 2  # data-loader processes per rank
-    shuffle_buffer: int = 2000
-    epoch_mode: str = "exact"  # exact: every sample once per epoch | resampled: shards drawn with replacement
+    train_split: SplitName = "train"
+    eval_split: SplitName = "test"
+    resolution: Positive | None = None  # None: the model's image size
+    interpolation: Literal[tuple(INTERPOLATIONS)] = "bilinear"  # LIFT: bilinear; LIFT+: bicubic
+    augment: Literal[AUGMENTATIONS] = "lift"  # lift (RandomResizedCrop + flip) | mda (LIFT+) | none
+    mda_schedule: Literal[MDA_SCHEDULES] = "convex"
+    workers: NonNegative = 2  # data-loader processes per rank
+    shuffle_buffer: NonNegative = 2000
+    epoch_mode: Literal["exact", "resampled"] = "exact"  # resampled: shards drawn with replacement
     tte: bool = True
-    tte_mode: str = "fivecrop"
-    tte_expand: int = 24
-    eval_batch_size: int = 64
+    tte_mode: Literal[TTE_MODES] = "fivecrop"
+    tte_expand: NonNegative = 24
+    eval_batch_size: Positive = 64
     # Decode large training JPEGs at a reduced DCT scale (shorter side still >= resolution·8/7).
     # Matters for shards built with --no-resize; resized shards (default 256 px) are left as they are.
     jpeg_draft: bool = True
     # Opt-in: a directory for cached frozen features (head-only or last-k training with augment=none);
     # one sub-directory per config hash, reused by every later run with the same frozen part.
     feature_cache: str | None = None
-    cache_dtype: str = "float32"  # float32 | float16 (half the disk for token caches)
+    cache_dtype: Literal["float32", "float16"] = "float32"
+
+    @field_validator("shards", "feature_cache")
+    @classmethod
+    def _absolute(cls, v):
+        return absolute_path(v)
+
+    @model_validator(mode="after")
+    def _cache_needs_fixed_inputs(self):
+        if self.feature_cache and self.augment != "none":
+            raise ConfigError(f"data.feature_cache needs data.augment=none (got {self.augment!r}): augmented images "
+                              "change every epoch")
+        if self.feature_cache and self.epoch_mode != "exact":
+            raise ConfigError("data.feature_cache reads every training sample once per epoch; use data.epoch_mode=exact")
+        return self
 
 
-@dataclass
-class OptimConfig:
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    epochs: int = 10
-    batch_size: int = 128  # global batch per optimizer step, whatever the world size
-    micro_batch_size: int | None = None  # per rank; None: batch_size / world (accumulation 1)
-    schedule: str = "cosine_epoch"  # cosine_epoch (paper) | cosine_step | constant
-    warmup_steps: int = 0
-    loss: str = "la"
-    zero_stage: int = 0  # DeepSpeed ZeRO stage 0 or 1
+class OptimConfig(Strict):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: PositiveFloat = 0.01
+    momentum: Beta = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 5e-4
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
+    epochs: Positive = 10
+    batch_size: Positive = 128  # global batch per optimizer step, whatever the world size
+    micro_batch_size: Positive | None = None  # per rank; None: batch_size / world (accumulation 1)
+    schedule: Literal["cosine_epoch", "cosine_step", "constant"] = "cosine_epoch"  # cosine_epoch: the papers'
+    warmup_steps: NonNegative = 0
+    loss: Literal[tuple(LOSSES)] = "la"
+    zero_stage: Literal[0, 1] = 0  # DeepSpeed ZeRO stage
 
 
-@dataclass
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+class RunConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
     out: str = "runs/run"
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
-    compile: str = "auto"  # auto (torch.compile the encoder on GPU) | always | never
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    compile: Literal["auto", "always", "never"] = "auto"  # auto: torch.compile the encoder on GPU
     deterministic: bool = False
     resume: str | None = None  # None | latest | path to a checkpoint directory
-    checkpoint_every_steps: int = 0  # 0: only at epoch ends
-    keep_checkpoints: int = 2
-    eval_every_epochs: int = 0  # 0: evaluate once at the end
-    log_every_steps: int = 10
-    profile_phases: bool = False  # time data / forward / backward / all-reduce / optimizer per epoch (history.jsonl)
-    max_steps: int = 0  # stop after this many optimizer steps (0: run all epochs); for tests/benchmarks
+    checkpoint_every_steps: NonNegative = 0  # 0: only at epoch ends
+    keep_checkpoints: NonNegative = 2  # 0: keep every checkpoint
+    eval_every_epochs: NonNegative = 0  # 0: evaluate once at the end
+    log_every_steps: Positive = 10
+    profile_phases: bool = False  # time data / forward / backward / all-reduce / optimizer per epoch
+    max_steps: NonNegative = 0  # stop after this many optimizer steps (0: run all epochs); tests, benchmarks
+    wandb_project: str | None = None  # also log to Weights & Biases (needs `pip install wandb`)
     preset: str | None = None
 
+    @field_validator("out")
+    @classmethod
+    def _absolute(cls, v):
+        return absolute_path(v)
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def _coerce(value, tp, where: str):
-    """Convert a YAML/CLI value to the field's declared type, with an error naming the key."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")) and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp in (int, float):
-        try:
-            if tp is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
-    if tp is str:
-        return str(value)
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        inner = args[0] if args else str
-        items = [_coerce(v, inner, where) for v in value]
-        return tuple(items) if origin is tuple else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return value
-    return value
+    @model_validator(mode="after")
+    def _resolution_fits_the_model(self):
+        res = self.data.resolution
+        geo = model_registry.vision_geometry(self.model.name)
+        if res is not None and res // geo.patch_size != geo.grid:
+            lo, hi = geo.grid * geo.patch_size, (geo.grid + 1) * geo.patch_size - 1
+            raise ConfigError(f"data.resolution={res} does not fit {self.model.name}: its positional embeddings are for "
+                              f"a {geo.grid}×{geo.grid} grid of {geo.patch_size} px patches; use {geo.image_size} "
+                              f"(any of {lo}..{hi}) or leave it unset")
+        return self
 
 
-def _merge(obj, data: dict, where: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"unknown setting '{where}{key}'; valid: {choices(names)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ConfigError(f"'{where}{key}' is a section; give a mapping")
-            _merge(current, value, f"{where}{key}.")
+# ---- loading --------------------------------------------------------------------------------------
+
+def _merge_file(dst: dict, src: dict, where: str) -> None:
+    """A YAML layer: sections merge key by key, every other value replaces what was there."""
+    if not isinstance(src, dict):
+        raise ConfigError(f"{where} must hold a mapping of settings, got {type(src).__name__}")
+    for key, value in src.items():
+        if key in SECTIONS and isinstance(value, dict) and isinstance(dst.get(key), dict):
+            dst[key].update(value)
         else:
-            setattr(obj, key, _coerce(value, hints[key], f"{where}{key}"))
+            dst[key] = value
 
 
-def available_presets() -> list[str]:
-    files = resources.files("lift_dist") / "presets"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml") and p.name[:-5] not in RECIPES)
-
-
-def _preset_yaml(name: str) -> dict:
-    path = resources.files("lift_dist") / "presets" / f"{name}.yaml"
+def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"unknown preset '{name}'; valid: {', '.join(available_presets())}")
-    return yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    return data or {}
+
+
+def _apply_override(data: dict, item: str) -> None:
+    """`a.b.c=value`: the value (YAML) goes exactly at that path, creating mappings on the way."""
+    key, sep, text = item.partition("=")
+    parts = [p for p in key.strip().split(".")]
+    if not sep or not all(parts):
+        raise ConfigError(f"override '{item}' must look like section.key=value (e.g. optim.lr=0.02)")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item}: the value is not valid YAML ({' '.join(str(e).split())})") from None
+    node = data
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
 
 
 def load_config(preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    cfg = RunConfig()
+    data: dict = {s: {} for s in SECTIONS}
     if preset:
-        dataset, _, recipe = preset.partition("/")
-        recipe = recipe or "lift"
-        if recipe not in RECIPES:
-            raise ConfigError(f"unknown recipe '{recipe}' in preset '{preset}'; valid: {', '.join(RECIPES)}")
-        _merge(cfg, _preset_yaml(recipe), "")
-        ds = _preset_yaml(dataset)
-        # A dataset preset may hold per-recipe values (e.g. iNat: 20 epochs for LIFT, 15 for LIFT+).
-        per_recipe = ds.pop("recipes", {}) or {}
-        _merge(cfg, ds, "")
-        _merge(cfg, per_recipe.get(recipe, {}), "")
-        cfg.preset = f"{dataset}/{recipe}"
+        for where, layer in preset_layers(preset):
+            _merge_file(data, layer, where)
+        data["preset"] = preset if "/" in preset else f"{preset}/lift"
     if config_file:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {e}") from None
-        _merge(cfg, data, "")
+        _merge_file(data, _read_yaml(Path(config_file)), str(config_file))
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override '{item}' must look like section.key=value (e.g. optim.lr=0.02)")
-        node: dict = {}
-        cur = node
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
-        cur[parts[-1]] = yaml.safe_load(value) if value.strip() else ""
-        _merge(cfg, node, "")
-    validate(cfg)
-    return cfg
+        _apply_override(data, item)
+    return validate(RunConfig, data)
 
 
-def validate(cfg: RunConfig) -> None:
-    d, o = cfg.data, cfg.optim
-    one_of = {
-        "data.augment": (d.augment, ("lift", "mda", "none")),
-        "data.epoch_mode": (d.epoch_mode, ("exact", "resampled")),
-        "data.tte_mode": (d.tte_mode, ("fivecrop", "tencrop")),
-        "data.interpolation": (d.interpolation, ("bilinear", "bicubic")),
-        "data.cache_dtype": (d.cache_dtype, ("float32", "float16")),
-        "data.mda_schedule": (d.mda_schedule, ("convex", "linear", "concave", "min", "max")),
-        "optim.optimizer": (o.optimizer, ("sgd", "adamw")),
-        "optim.schedule": (o.schedule, ("cosine_epoch", "cosine_step", "constant")),
-        "optim.zero_stage": (o.zero_stage, (0, 1)),
-        "device": (cfg.device, ("auto", "cpu", "cuda")),
-        "precision": (cfg.precision, ("auto", "bf16", "fp32")),
-        "compile": (cfg.compile, ("auto", "always", "never")),
-        "model.head": (cfg.model.head, ("cosine", "linear", "l2")),
-        "model.head_init": (cfg.model.head_init, ("semantic", "class_mean", "random")),
-        "model.prompt": (cfg.model.prompt, ("default", "classname", "ensemble", "descriptions")),
-    }
-    for key, (value, valid) in one_of.items():
-        if value not in valid:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of {', '.join(map(str, valid))}")
-    positive = {"optim.epochs": o.epochs, "optim.batch_size": o.batch_size, "data.eval_batch_size": d.eval_batch_size}
-    for key, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{key} must be >= 1, got {v}")
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr must be > 0, got {o.lr}")
-    if o.micro_batch_size is not None and o.micro_batch_size < 1:
-        raise ConfigError(f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}")
-    if d.workers < 0:
-        raise ConfigError(f"data.workers must be >= 0, got {d.workers}")
-    if d.feature_cache and d.augment != "none":
-        raise ConfigError(f"data.feature_cache needs data.augment=none (got {d.augment!r}): augmented images change every epoch")
-    if d.feature_cache and d.epoch_mode != "exact":
-        raise ConfigError("data.feature_cache reads every training sample once per epoch; use data.epoch_mode=exact")
-    if cfg.model.prompt == "descriptions" and not cfg.model.descriptions:
-        raise ConfigError("model.prompt=descriptions needs model.descriptions=<JSON file of sentences per class>")
+def to_dict(cfg: RunConfig) -> dict:
+    return cfg.model_dump(mode="json")
 
 
-def save_yaml(cfg: RunConfig, path: Path) -> None:
-    data = to_dict(cfg)
-    data["optim"]["betas"] = list(data["optim"]["betas"])
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    tmp.replace(path)
+def config_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(config_yaml(cfg))
+    os.replace(tmp, path)
+
+
+__all__ = ["RECIPES", "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "available_presets", "config_yaml",
+           "load_config", "save_config", "to_dict"]

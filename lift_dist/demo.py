@@ -9,7 +9,6 @@ medium / tail accuracy next to chance.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import subprocess
@@ -19,6 +18,10 @@ import time
 from pathlib import Path
 
 from lift_dist.errors import LiftError
+from lift_dist.report import write_report
+from lift_dist.run_dir import RunDir
+from lift_dist.shards import build_image_folder
+from lift_dist.synthetic import long_tail_counts, write_image_folder
 
 DEMO_SETTINGS = [
     "model.name=tiny",
@@ -36,22 +39,7 @@ DEMO_SETTINGS = [
 ]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", help="keep everything (images, shards, run) in this directory")
-    p.add_argument("--ranks", type=int, default=2, help="gloo processes (default 2)")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--classes", type=int, default=20)
-    p.add_argument("--imbalance", type=float, default=50.0)
-    p.add_argument("--max-per-class", type=int, default=150)
-    p.add_argument("--test-per-class", type=int, default=20)
-    p.add_argument("--workers", type=int, default=1, help="data workers per rank")
-    p.add_argument("--seed", type=int, default=0)
-
-
 def build_demo_shards(work: Path, args) -> Path:
-    from lift_dist.shards import build_image_folder
-    from lift_dist.synthetic import long_tail_counts, write_image_folder
-
     counts = long_tail_counts(args.classes, args.max_per_class, args.imbalance)
     shards = work / "shards"
     if (shards / "train-shards.parquet").is_file() and (shards / "test-shards.parquet").is_file():
@@ -83,25 +71,24 @@ def _run(work: Path, args, t0: float) -> int:
     run_dir = work / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.ranks}",
-        "-m", "lift_dist.train", "--shards", str(shards), "--out", str(run_dir), "--device", "cpu",
+        "-m", "lift_dist", "train", "--shards", str(shards), "--out", str(run_dir), "--device", "cpu",
         "--epochs", str(args.epochs), "--workers", str(args.workers), "--set", f"seed={args.seed}",
     ]
     for s in DEMO_SETTINGS:
         cmd += ["--set", s]
-    print(f"[demo] training on {args.ranks} gloo ranks (torchrun + DeepSpeed): python -m lift_dist.train --shards {shards} ...", flush=True)
+    print(f"[demo] training on {args.ranks} gloo ranks (torchrun + DeepSpeed): torchrun -m lift_dist train --shards {shards} ...",
+          flush=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // args.ranks)))
     proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
-        raise LiftError(f"demo training failed (exit {proc.returncode}); see {run_dir / 'log.txt'}")
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+        raise LiftError(f"demo training failed (exit {proc.returncode}); see {RunDir(run_dir).log_file}")
+    metrics = RunDir(run_dir).read_metrics()
     chance = 1.0 / args.classes
     print(f"\n[demo] test accuracy with TTE ({metrics['eval_samples']} images, {args.classes} classes, chance {100 * chance:.1f}%):")
     for k in ("overall", "head", "medium", "tail"):
         v = metrics[k]
         print(f"  {k:<8} {100 * v:6.2f}%" if v is not None else f"  {k:<8}    n/a")
     print(f"  without TTE: overall {100 * metrics['no_tte']['overall']:.2f}%")
-    from lift_dist.report import write_report
-
     page = write_report([run_dir], work / "report", title="lift-dist demo")
     print(f"[demo] report: {page}")
     print(f"[demo] trainable parameters: {metrics['trainable_params']:,} ({metrics['module_params']:,} AdaptFormer + "

@@ -100,7 +100,7 @@ def semantic_weights(
             raise ConfigError(f"prompt template must contain '{{}}' for the class name, got {tpl!r}")
         t = F.normalize(encode_texts(clip_model, tokenizer, [tpl.format(n) for n in shown], chunk), dim=-1)
     elif prompt == "ensemble":
-        import open_clip
+        import open_clip  # noqa: PLC0415  (~3 s to import; the config, which imports this module, is checked first)
 
         templates = open_clip.OPENAI_IMAGENET_TEMPLATES
         t = None

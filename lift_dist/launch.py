@@ -1,10 +1,12 @@
-"""Multi-node training on Slurm through submitit (`python launch/slurm.py ...`).
+"""Multi-node training on Slurm through submitit (`lift-dist launch ...`, `python launch/slurm.py ...`).
 
-One Slurm task per GPU (or T tasks per node on CPU clusters). Inside the job every task reads its
-rank, world size, local rank and the node list from submitit's JobEnvironment, sets MASTER_ADDR to
-the first node and MASTER_PORT from the job id, then runs the very same entry as `lift-dist train`,
-always with `--resume latest`: a requeued job (preemption, time limit, `scontrol requeue`) continues
-from its newest checkpoint instead of starting again.
+The training arguments are parsed and checked once, here, before anything is submitted (the same
+checks `lift-dist train` makes, for the job's world size); the resolved configuration is written to
+RUN/launch.yaml and every task trains from that file. One Slurm task per GPU (or T tasks per node on
+CPU clusters); each task reads its rank, world size, local rank and the node list from submitit's
+JobEnvironment, sets MASTER_ADDR to the first node and MASTER_PORT from the job id, and trains with
+`resume=latest`: a requeued job (preemption, time limit, `scontrol requeue`) continues from its newest
+checkpoint. `--kill-on-bad-exit` makes one failed task end the others instead of leaving them waiting.
 """
 
 from __future__ import annotations
@@ -17,62 +19,50 @@ import sys
 import time
 from pathlib import Path
 
+import submitit
+
+from lift_dist.commands import train as train_command
+from lift_dist.config import RunConfig, load_config
+from lift_dist.engine.launcher_env import slurm_master_port
+from lift_dist.engine.preflight import check_batch, check_files, check_run_dir, read_data, run_signature
+from lift_dist.engine.trainer import train
 from lift_dist.errors import ConfigError, LiftError
+from lift_dist.run_dir import RunDir, launch_id
+from lift_dist.train import config_from_args
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
+                "PREEMPTED", "REVOKED", "SPECIAL_EXIT")
+SRUN_ARGS = ["--kill-on-bad-exit=1"]
 
 
 class TrainTask:
-    """The picklable callable submitit runs on every task."""
+    """The picklable callable submitit runs on every task: train from a resolved config file."""
 
-    def __init__(self, train_argv: list[str]):
-        self.train_argv = list(train_argv)
+    def __init__(self, config_file: str):
+        self.config_file = str(config_file)
 
     def __call__(self) -> dict:
-        import submitit
-
-        from lift_dist.engine.distributed import slurm_master_port
-        from lift_dist.engine.trainer import train
-        from lift_dist.train import config_from_args, add_arguments
-
         env = submitit.JobEnvironment()
         os.environ.update(
             RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
             MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(slurm_master_port(str(env.job_id).split("_")[0])),
         )
-        parser = argparse.ArgumentParser()
-        add_arguments(parser)
-        args = parser.parse_args([*self.train_argv, "--resume", "latest"])
-        cfg = config_from_args(args)
-        return train(cfg)
+        return train(load_config(config_file=self.config_file))
 
     def checkpoint(self):
         """Called by submitit on preemption / time-out: requeue the same task (it resumes itself)."""
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(TrainTask(self.train_argv))
+        return submitit.helpers.DelayedSubmission(TrainTask(self.config_file))
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--nodes", type=int, default=1)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--gpus-per-node", type=int, help="one task per GPU")
-    g.add_argument("--tasks-per-node", type=int, help="tasks per node on CPU clusters")
-    p.add_argument("--partition")
-    p.add_argument("--time", type=int, default=60, help="time limit in minutes")
-    p.add_argument("--account")
-    p.add_argument("--cpus-per-task", type=int)
-    p.add_argument("--mem", help="memory per node, e.g. 64G")
-    p.add_argument("--job-name", default="lift-dist")
-    p.add_argument("--folder", default="slurm-logs/%j", help="submitit log folder (%%j = job id)")
-    p.add_argument("--max-requeues", type=int, default=3, help="requeues allowed after time-outs (submitit's limit; preempted jobs are always requeued)")
-    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit with its status")
-    p.add_argument("--dry-run", action="store_true", help="print the sbatch script and environment; submit nothing")
-    p.add_argument("--local", action="store_true", help="run the same path with submitit's local executor (no Slurm)")
+def tasks_per_node(args) -> int:
+    return args.gpus_per_node or args.tasks_per_node or 1
 
 
-def _check_cluster(args) -> None:
+def check_cluster(args) -> None:
     if args.nodes < 1:
         raise ConfigError(f"--nodes must be at least 1, got {args.nodes}")
-    for flag, value in (("--gpus-per-node", args.gpus_per_node), ("--tasks-per-node", args.tasks_per_node)):
+    for flag, value in (("--gpus-per-node", args.gpus_per_node), ("--tasks-per-node", args.tasks_per_node),
+                        ("--time", args.time)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be at least 1, got {value}")
     if args.local and args.nodes != 1:
@@ -94,81 +84,128 @@ def _check_cluster(args) -> None:
                               + "); use --tasks-per-node for CPU nodes")
 
 
-def make_executor(args):
-    import submitit
+def prepare(train_argv: list[str], world: int) -> RunConfig:
+    """Parse and check the training arguments for a job of `world` tasks (nothing is written)."""
+    if not train_argv:
+        raise ConfigError("no training arguments: put them after `--`, e.g. -- --preset places_lt --shards DIR --out RUN")
+    p = argparse.ArgumentParser(prog="lift-dist launch -- (training arguments)")
+    train_command.add_arguments(p)
+    cfg = config_from_args(p.parse_args(train_argv))
+    train, _ = read_data(cfg, world)
+    micro, accum = check_batch(cfg, train, world)
+    check_files(cfg, train)
+    check_run_dir(cfg, RunDir(cfg.out), run_signature(cfg, train, world, micro, accum), launch_id(), [])
+    cfg.resume = cfg.resume or "latest"  # a requeued job must continue, not start again
+    return cfg
 
-    executor = submitit.AutoExecutor(folder=args.folder, cluster="local" if args.local else "slurm",
-                                     slurm_max_num_timeout=args.max_requeues)
-    tasks = args.gpus_per_node or args.tasks_per_node or 1
-    params = dict(name=args.job_name, timeout_min=args.time, nodes=args.nodes, tasks_per_node=tasks)
+
+def slurm_parameters(args) -> dict:
+    """What the job asks Slurm for, in submitit's parameter names."""
+    params = dict(name=args.job_name, timeout_min=args.time, nodes=args.nodes, tasks_per_node=tasks_per_node(args))
     if args.gpus_per_node:
         params["gpus_per_node"] = args.gpus_per_node
     if args.cpus_per_task:
         params["cpus_per_task"] = args.cpus_per_task
-    slurm = {}
-    if args.partition:
-        slurm["slurm_partition"] = args.partition
-    if args.account:
-        slurm["slurm_account"] = args.account
-    if args.mem:
-        slurm["slurm_mem"] = args.mem
-    if not args.local:
-        # A manual `scontrol requeue` must be allowed too, whatever the cluster default.
-        slurm["slurm_additional_parameters"] = {"requeue": True}
-        params.update(slurm)
-    executor.update_parameters(**params)
+    if args.local:
+        return params
+    for key, value in (("slurm_partition", args.partition), ("slurm_account", args.account), ("slurm_mem", args.mem)):
+        if value:
+            params[key] = value
+    # A manual `scontrol requeue` must be allowed too, whatever the cluster default.
+    params["slurm_additional_parameters"] = {"requeue": True}
+    params["slurm_srun_args"] = SRUN_ARGS
+    return params
+
+
+def make_executor(args):
+    executor = submitit.AutoExecutor(folder=args.folder, cluster="local" if args.local else "slurm",
+                                     slurm_max_num_timeout=args.max_requeues)
+    executor.update_parameters(**slurm_parameters(args))
     return executor
 
 
-def dry_run_text(executor, train_argv: list[str]) -> str:
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    inner = executor._executor
-    script = _make_sbatch_string(command=f"{sys.executable} -u -m submitit.core._submit {inner.folder}", folder=inner.folder, **inner.parameters)
-    env = ("# in each task: RANK=SLURM_PROCID, WORLD_SIZE=SLURM_NTASKS, LOCAL_RANK=SLURM_LOCALID,\n"
-           "# MASTER_ADDR=<first host of the node list>, MASTER_PORT=15000 + job_id % 15000\n"
-           f"# then: lift-dist train {' '.join(train_argv)} --resume latest")
-    return script + "\n" + env
+def dry_run_text(args, cfg: RunConfig, config_file: Path) -> str:
+    """The job as sbatch directives (what lift-dist asks submitit for; submitit adds its own signal and
+    log options) and the command every task runs. Needs no Slurm installation."""
+    p = slurm_parameters(args)
+    flags = {"job-name": p["name"], "time": p["timeout_min"], "nodes": p["nodes"], "ntasks-per-node": p["tasks_per_node"],
+             "gpus-per-node": p.get("gpus_per_node"), "cpus-per-task": p.get("cpus_per_task"),
+             "partition": p.get("slurm_partition"), "account": p.get("slurm_account"), "mem": p.get("slurm_mem"),
+             "requeue": True, "output": f"{args.folder}/%j_0_log.out", "error": f"{args.folder}/%j_0_log.err"}
+    lines = ["#!/bin/bash"] + [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={v}" for k, v in flags.items() if v is not None]
+    lines += ["", f"srun {' '.join(SRUN_ARGS)} {sys.executable} -u -m submitit.core._submit {args.folder}",
+              "# each task: RANK=SLURM_PROCID, WORLD_SIZE=SLURM_NTASKS, LOCAL_RANK=SLURM_LOCALID,",
+              "# MASTER_ADDR=<first host of the node list>, MASTER_PORT=15000 + job_id % 15000, then trains from",
+              f"# {config_file} (resume: {cfg.resume}; run directory {cfg.out})"]
+    return "\n".join(lines)
 
 
 def submit(args, train_argv: list[str]) -> int:
-    _check_cluster(args)
-    if not train_argv:
-        raise ConfigError("no training arguments: put them after `--`, e.g. -- --preset places_lt --shards DIR --out RUN")
-    executor = make_executor(args)
+    check_cluster(args)
+    cfg = prepare(train_argv, args.nodes * tasks_per_node(args))
+    run = RunDir(cfg.out)
     if args.dry_run:
-        print(dry_run_text(executor, train_argv))
+        print(dry_run_text(args, cfg, run.launch_config))
         return 0
-    import submitit
-
+    run.create()
+    run.write_launch_config(cfg)
     try:
-        job = executor.submit(TrainTask(train_argv))
+        job = make_executor(args).submit(TrainTask(str(run.launch_config)))
     except submitit.core.utils.FailedJobError as e:
         msg = str(e).strip().splitlines()
-        slurm_msg = next((l for l in msg if "error" in l.lower()), msg[-1] if msg else str(e))
+        slurm_msg = next((line for line in msg if "error" in line.lower()), msg[-1] if msg else str(e))
         raise LiftError(f"Slurm rejected the job: {slurm_msg.strip()}") from None
     print(f"submitted job {job.job_id}")
     print(f"  logs:   {job.paths.stdout} (rank 0), {job.paths.stderr}")
     print(f"  follow: tail -f {job.paths.stdout}" + ("" if args.local else f"   |   squeue -j {job.job_id}"))
-    if not args.wait:
-        return 0
-    return follow(job)
+    return follow(job, args.local) if args.wait else 0
 
 
-def follow(job) -> int:
+def follow(job, local: bool) -> int:
     printed = 0
     while not job.done():
         printed = _tail(job.paths.stdout, printed)
         time.sleep(2)
     _tail(job.paths.stdout, printed)
-    state = job.state
-    try:
-        job.results()
-    except Exception as e:  # the job's own error, as submitit reports it
-        print(f"job {job.job_id} ended in state {state}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}", file=sys.stderr)
-        return 1
-    print(f"job {job.job_id} finished successfully")
-    return 0
+    state = "FINISHED" if local else final_state(job)
+    error = first_task_error(job)
+    if error is None and state in ("COMPLETED", "FINISHED"):
+        try:
+            job.results()
+        except Exception as e:  # the job's own error, as submitit reports it
+            error = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
+        else:
+            print(f"job {job.job_id} finished successfully")
+            return 0
+    print(f"job {job.job_id} ended in state {state}: {error or 'no error line in the task logs; see ' + str(job.paths.stderr)}",
+          file=sys.stderr)
+    return 1
+
+
+def final_state(job, timeout_s: float = 120) -> str:
+    """Slurm's final state of the job (sacct lags behind the tasks' exit: poll until it is final)."""
+    deadline = time.time() + timeout_s
+    state = "UNKNOWN"
+    while time.time() < deadline:
+        state = str(job.get_info(mode="force").get("State") or job.state).split(" ")[0]
+        if state in FINAL_STATES:
+            return state
+        time.sleep(2)
+    return state
+
+
+def first_task_error(job) -> str | None:
+    """The first rank's one-line lift-dist error in the task logs ('rank R: ...'), if any."""
+    for t in range(job.num_tasks):
+        path = job.task(t).paths.stderr
+        try:
+            lines = Path(path).read_text(errors="replace").splitlines()
+        except OSError:
+            continue
+        hit = next((line for line in lines if ": error: " in line and line.startswith("lift-dist ")), None)
+        if hit:
+            return f"rank {t}: {hit}"
+    return None
 
 
 def _tail(path: Path, offset: int) -> int:
@@ -183,17 +220,5 @@ def _tail(path: Path, offset: int) -> int:
     return offset + len(chunk.encode())
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    train_argv: list[str] = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, train_argv = argv[:i], argv[i + 1 :]
-    parser = argparse.ArgumentParser(prog="launch/slurm.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return submit(args, train_argv)
-    except LiftError as e:
-        print(f"launch/slurm.py: error: {e}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    return submit(args, list(args.train_args))

@@ -35,6 +35,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 MDA_SCHEDULES = ("convex", "linear", "concave", "min", "max")
 TTE_MODES = ("fivecrop", "tencrop")
+AUGMENTATIONS = ("lift", "mda", "none")  # LIFT RandomResizedCrop + flip | LIFT+ minimalist | eval transform
 MDA_BASE_MIN_SCALE = 0.08  # torchvision RandomResizedCrop's default lower scale
 
 

@@ -1,15 +1,9 @@
 #!/usr/bin/env python3
-"""Build WebDataset shard sets for lift-dist: `python shards/build.py --help` (runs from a checkout
-without installing; the logic lives in lift_dist.shards)."""
+"""Build WebDataset shard sets for lift-dist (= `lift-dist shards`): `python shards/build.py --help`."""
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from lift_dist.shards.cli import main  # noqa: E402
+from lift_dist.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(["shards", *sys.argv[1:]], prog="shards/build.py"))

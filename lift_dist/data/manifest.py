@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from lift_dist.errors import DataError
 
@@ -31,6 +32,8 @@ TAIL_MAX_EXCLUSIVE = 20
 GROUPS = ("head", "medium", "tail")
 
 CLASS_COLUMNS = ("label", "name", "count", "group")
+# The entries of a sample that hold its image; only these are ever decoded (nothing in a shard is unpickled).
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 SHARD_COLUMNS = ("path", "num_samples", "bytes", "sha256")
 
 
@@ -98,8 +101,6 @@ class Manifest:
 
 def read_manifest(root: str | os.PathLike, split: str) -> Manifest:
     """Read and sanity-check one split's manifest; errors name the file and what is wrong."""
-    import pyarrow.parquet as pq
-
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"shard directory {root} does not exist")

@@ -19,6 +19,7 @@ import io
 import math
 import random
 import re
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,11 +30,8 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from lift_dist.data.manifest import Manifest
+from lift_dist.data.manifest import IMAGE_KEYS, Manifest
 from lift_dist.errors import DataError
-
-# Only these keys are ever decoded; anything else in a shard is ignored (nothing is unpickled).
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
 
 def _stable_seed(*parts) -> int:
@@ -87,15 +85,13 @@ def _jpeg_decoder():
     """libjpeg-turbo straight to a (3, H, W) uint8 tensor: TorchCodec where installed (it supersedes
     torchvision's image decoders, deprecated since torchvision 0.29), else torchvision's."""
     try:
-        from torchcodec.decoders import decode_jpeg
+        from torchcodec.decoders import decode_jpeg  # noqa: PLC0415  (optional dependency)
 
         return lambda data: decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode="RGB")
     except Exception:  # not installed, or built for another torch
-        import warnings
-
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # torchvision.io warns on import that TorchCodec supersedes it
             warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
+            from torchvision.io import ImageReadMode, decode_jpeg  # noqa: PLC0415
         return lambda data: decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
@@ -232,7 +228,8 @@ class ShardStream(IterableDataset):
         if not self.resampled:
             for url, n in seen.items():
                 if n != self.expected.get(url, n):
-                    raise DataError(f"shard {url} holds {n} samples but its manifest says {self.expected[url]}; rebuild or re-verify the shard set")
+                    raise DataError(f"shard {url} holds {n} samples but its manifest says {self.expected[url]}; "
+                                    "rebuild or re-verify the shard set")
 
 
 def rebatch(chunks: Iterator[tuple], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:

@@ -1,23 +1,29 @@
-"""Checkpoints of trainable tensors only, written atomically.
+"""Checkpoints of trainable tensors only, written atomically, read back as data only, verified.
 
     RUN/checkpoints/step-00000420/
-        trainable.safetensors     every trainable tensor (modules + head), nothing frozen
-        optimizer-rank{r}.pt      optimizer state (rank 0 only under ZeRO 0; each rank's shard under ZeRO 1)
-        rng-rank{r}.pt            torch / numpy / python RNG states
-        state.json                step, epoch, position in the epoch, the run's data/step layout
-    RUN/checkpoints/latest        name of the newest complete checkpoint
+        trainable.safetensors          every trainable tensor (modules + head), nothing frozen
+        optimizer-rank{r}.{safetensors,json}   optimizer state (rank 0 under ZeRO 0, every rank's shard under ZeRO 1)
+        rank-{r}.{safetensors,json}    RNG states and the epoch's running sums (loss, samples) of rank r
+        state.json                     epoch, position in the epoch, global step, run id, the run's layout
+        manifest.json                  size and sha256 of every file above (written last)
+    RUN/checkpoints/latest             name of the newest complete checkpoint
 
-Every rank writes into `step-XXXXXXXX.tmp/`; after a barrier rank 0 renames it and rewrites `latest`
-(rename is atomic), so a crash never leaves a checkpoint that looks complete but is not.
+Every rank writes into `step-XXXXXXXX.tmp/`; after a barrier rank 0 writes the manifest, renames the
+directory and rewrites `latest` (renames are atomic), so a crash never leaves a checkpoint that looks
+complete. A checkpoint is used only when every file matches its manifest; with `resume=latest` a
+damaged newest checkpoint gives way, with a note, to the newest complete one. Pruning removes only
+older checkpoints of the same run (run id), never the one `latest` names.
+Checkpoints of lift-dist 0.1 (pickled optimizer/RNG files) are refused with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import pickle
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,107 +31,253 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from lift_dist.errors import DataError
+from lift_dist.engine.statefile import load_state, save_state
+from lift_dist.errors import DataError, RunDirError
+from lift_dist.run_dir import RunDir, write_atomic
 
+FORMAT = 2
 LATEST = "latest"
+TRAINABLE, STATE, MANIFEST = "trainable.safetensors", "state.json", "manifest.json"
 
 
-def _dir_name(step: int) -> str:
+def dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def save(run_dir: Path, step: int, model, optimizer, state: dict, rank: int, world: int, zero_stage: int, keep: int = 2) -> Path:
-    ckpt_root = Path(run_dir) / "checkpoints"
-    final = ckpt_root / _dir_name(step)
-    tmp = ckpt_root / (_dir_name(step) + ".tmp")
-    if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    if rank == 0:
-        tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()}
-        save_file(tensors, str(tmp / "trainable.safetensors"), metadata={"format": "lift-dist", "step": str(step)})
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    if rank == 0 or zero_stage > 0:
-        torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
-    rng = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-    }
-    with open(tmp / f"rng-rank{rank}.pt", "wb") as f:
-        pickle.dump(rng, f)  # our own file, read back only by us
-    dist.barrier()
-    if rank == 0:
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        pointer = ckpt_root / (LATEST + ".tmp")
-        pointer.write_text(final.name + "\n")
-        os.replace(pointer, ckpt_root / LATEST)
-        _prune(ckpt_root, keep)
-    dist.barrier()
-    return final
+def step_of(path: Path) -> int | None:
+    name = Path(path).name
+    if not name.startswith("step-") or name.endswith(".tmp"):
+        return None
+    digits = name[len("step-"):]
+    return int(digits) if digits.isdigit() else None
 
 
-def _prune(ckpt_root: Path, keep: int) -> None:
-    done = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-    for old in done[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in ckpt_root.glob("step-*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def resolve(run_dir: Path, resume: str) -> Path | None:
-    """'latest' -> newest complete checkpoint of the run (None if there is none yet); else a path."""
-    if resume == "latest":
-        pointer = Path(run_dir) / "checkpoints" / LATEST
-        if not pointer.is_file():
-            return None
-        path = pointer.parent / pointer.read_text().strip()
-    else:
-        path = Path(resume)
-    if not (path / "trainable.safetensors").is_file() or not (path / "state.json").is_file():
-        raise DataError(f"{path} is not a complete lift-dist checkpoint (needs trainable.safetensors and state.json)")
-    return path
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def check_same_run(path: Path, saved: dict | None, current: dict) -> None:
-    """Refuse a resume whose data order or step layout differs from the checkpoint's run."""
-    if not saved:
-        return  # written before run signatures existed
-    diff = [f"{k} {saved[k]} -> {current[k]}" for k in current if k in saved and saved[k] != current[k]]
-    if diff:
-        raise DataError(
-            f"{path} was written by a run with other settings ({'; '.join(diff)}); resuming would skip or repeat "
-            "samples. Resume with the original settings, or start a new run directory"
-        )
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(tuple(state["numpy"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---- reading and verifying ---------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.state["global_step"])
+
+
+def verify(path: Path) -> Checkpoint:
+    """The checkpoint at `path` if every file matches its manifest; else a DataError naming the file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"checkpoint {path} does not exist")
+    if (path / "optimizer-rank0.pt").is_file() and not (path / MANIFEST).is_file():
+        raise DataError(f"{path} was written by lift-dist 0.1, whose optimizer and RNG files are pickles; lift-dist no "
+                        f"longer unpickles checkpoints. Its weights ({path / TRAINABLE}) still load for predict; start a "
+                        "new run directory to train")
+    manifest_file = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        files = manifest["files"]
+    except FileNotFoundError:
+        raise DataError(f"{manifest_file} is missing: the checkpoint is incomplete") from None
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{manifest_file} is damaged ({type(e).__name__}: {e})") from None
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            raise DataError(f"{f} is missing from the checkpoint")
+        if f.stat().st_size != want["bytes"] or _sha256(f) != want["sha256"]:
+            raise DataError(f"{f} is damaged: its size or sha256 differs from {manifest_file}")
+    try:
+        state = json.loads((path / STATE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path / STATE} is not readable JSON ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise DataError(f"{path / STATE} is not a lift-dist checkpoint state of format {FORMAT}")
+    return Checkpoint(path, state)
+
+
+def candidates(run: RunDir) -> list[Path]:
+    """Complete-looking checkpoint directories of a run, newest step first."""
+    if not run.checkpoints.is_dir():
+        return []
+    steps = [(step_of(p), p) for p in run.checkpoints.iterdir() if p.is_dir()]
+    return [p for s, p in sorted((s, p) for s, p in steps if s is not None)[::-1]]
+
+
+def latest_name(run: RunDir) -> str | None:
+    pointer = run.checkpoints / LATEST
+    try:
+        return pointer.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def resolve(run: RunDir, resume: str, log=print) -> Checkpoint | None:
+    """The checkpoint to resume from: `latest` -> the one `latest` names if it verifies, else (saying
+    so) the newest complete one; None when the run has none yet. A path must verify itself."""
+    if resume != LATEST:
+        return verify(Path(resume))
+    named = latest_name(run)
+    problems = []
+    order = candidates(run)
+    if named:
+        order = sorted(order, key=lambda p: p.name != named)  # the named one first, then newest first
+    for p in order:
+        try:
+            ckpt = verify(p)
+        except DataError as e:
+            problems.append(str(e))
+            continue
+        if problems:
+            log(f"resume=latest: {problems[0]}; resuming from the newest complete checkpoint {p} instead")
+        return ckpt
+    if problems:
+        raise DataError(f"resume=latest: no complete checkpoint in {run.checkpoints}; {problems[0]}")
+    return None
+
+
+def weights_path(run: RunDir, which: str | None = None) -> Path:
+    """The checkpoint whose weights inference uses: `which` (a directory) or the run's latest complete
+    one. Checkpoints of lift-dist 0.1 (no manifest) are accepted here: only their safetensors are read."""
+    if which:
+        path = Path(which)
+        if (path / MANIFEST).is_file():
+            verify(path)
+        elif not (path / TRAINABLE).is_file():
+            raise DataError(f"{path} is not a lift-dist checkpoint (no {TRAINABLE})")
+        return path
+    named = latest_name(run)
+    if named and (run.checkpoints / named / TRAINABLE).is_file() and not (run.checkpoints / named / MANIFEST).is_file():
+        return run.checkpoints / named  # lift-dist 0.1
+    ckpt = resolve(run, LATEST, log=lambda msg: None)
+    if ckpt is None:
+        raise DataError(f"{run.path} has no checkpoint yet")
+    return ckpt.path
 
 
 def load_trainable(path: Path) -> dict[str, torch.Tensor]:
+    f = Path(path) / TRAINABLE
     try:
-        return load_file(str(Path(path) / "trainable.safetensors"))
+        return load_file(str(f))
+    except FileNotFoundError:
+        raise DataError(f"{f} does not exist") from None
     except Exception as e:
-        raise DataError(f"cannot read {Path(path) / 'trainable.safetensors'}: {e}") from None
+        raise DataError(f"cannot read {f}: {type(e).__name__}: {e}") from None
 
 
-def load(path: Path, model, optimizer, rank: int, zero_stage: int) -> dict:
-    model.load_trainable_state_dict(load_trainable(path), source=str(path))
-    opt_file = path / f"optimizer-rank{rank if zero_stage > 0 else 0}.pt"
-    if not opt_file.is_file():
-        raise DataError(f"{opt_file} is missing: the checkpoint was written with another world size or ZeRO stage")
-    sd = torch.load(opt_file, map_location="cpu", weights_only=False)
-    if zero_stage > 0:
-        world = dist.get_world_size()
-        optimizer.load_state_dict([sd if r == dist.get_rank() else None for r in range(world)])
-    else:
-        optimizer.load_state_dict(sd)
-    rng_file = path / f"rng-rank{rank}.pt"
-    if rng_file.is_file():
-        with open(rng_file, "rb") as f:
-            rng = pickle.load(f)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-    return json.loads((path / "state.json").read_text())
+# ---- the checkpointer ---------------------------------------------------------------------------
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints (every rank calls save/load together)."""
+
+    def __init__(self, run: RunDir, rank: int, world: int, zero_stage: int, keep: int, run_id: str):
+        self.run, self.rank, self.world, self.zero_stage, self.keep, self.run_id = run, rank, world, zero_stage, keep, run_id
+
+    def _writes_optimizer(self) -> bool:
+        return self.rank == 0 or self.zero_stage > 0
+
+    def save(self, step: int, model, optimizer, state: dict, rank_state: dict) -> Path:
+        root = self.run.checkpoints
+        final, tmp = root / dir_name(step), root / (dir_name(step) + ".tmp")
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        dist.barrier()
+        if self.rank == 0:
+            tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.trainable_state_dict().items()}
+            save_file(tensors, str(tmp / TRAINABLE), metadata={"format": "lift-dist", "step": str(step)})
+            write_atomic(tmp / STATE, json.dumps({"format": FORMAT, "run_id": self.run_id, **state}, indent=2))
+        if self._writes_optimizer():
+            save_state(optimizer.state_dict(), tmp / f"optimizer-rank{self.rank}")
+        save_state({"rng": rng_state(), **rank_state}, tmp / f"rank-{self.rank}")
+        dist.barrier()
+        if self.rank == 0:
+            self._finish(tmp, final)
+        dist.barrier()
+        return final
+
+    def _finish(self, tmp: Path, final: Path) -> None:
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
+        write_atomic(tmp / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        write_atomic(self.run.checkpoints / LATEST, final.name + "\n")
+        self._prune(final)
+
+    def _prune(self, newest: Path) -> None:
+        """Keep the `keep` newest checkpoints of this run; never another run's, never `latest`'s."""
+        mine = []
+        for p in candidates(self.run):
+            try:
+                if json.loads((p / STATE).read_text()).get("run_id") == self.run_id:
+                    mine.append(p)
+            except (OSError, ValueError):
+                continue
+        protected = {newest.name, latest_name(self.run)}
+        for old in (mine[self.keep:] if self.keep > 0 else []):
+            if old.name not in protected:
+                shutil.rmtree(old, ignore_errors=True)
+        for stale in self.run.checkpoints.glob("step-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def load(self, ckpt: Checkpoint, model, optimizer) -> dict:
+        """Restore weights, optimizer state and RNG; returns this rank's saved rank state (running sums)."""
+        path = ckpt.path
+        model.load_trainable_state_dict(load_trainable(path), source=str(path))
+        stem = path / f"optimizer-rank{self.rank if self.zero_stage > 0 else 0}"
+        if not stem.with_name(stem.name + ".json").is_file():
+            raise DataError(f"{stem}.json is missing: the checkpoint was written with another world size or ZeRO stage")
+        current = optimizer.state_dict()
+        sd = load_state(stem, like=current)
+        if self.zero_stage > 0:
+            optimizer.load_state_dict([sd if r == self.rank else None for r in range(self.world)])
+        else:
+            optimizer.load_state_dict(sd)
+        rank_file = path / f"rank-{self.rank}"
+        if not rank_file.with_name(rank_file.name + ".json").is_file():
+            return {}  # a checkpoint of a run with fewer ranks: this rank starts its RNG afresh
+        saved = load_state(rank_file)
+        set_rng_state(saved.pop("rng"))
+        return saved
+
+
+def check_resumable(ckpt: Checkpoint, signature: dict) -> None:
+    """Refuse a resume on other data at any point, or mid-epoch with another data order / step layout."""
+    saved = ckpt.state.get("run") or {}
+    data_keys = ("train_shards", "num_classes", "class_names")
+    diff = [k for k in data_keys if k in saved and saved[k] != signature.get(k)]
+    if diff:
+        raise RunDirError(f"{ckpt.path} was trained on other data ({', '.join(diff)} differ from the shards given now); "
+                          "resume with the original shards, or start a new run directory")
+    if ckpt.state.get("step_in_epoch", 0) > 0:  # at an epoch boundary nothing can be skipped or repeated
+        diff = [f"{k} {saved[k]} -> {signature[k]}" for k in signature if k not in data_keys and k in saved
+                and saved[k] != signature[k]]
+        if diff:
+            raise RunDirError(f"{ckpt.path} was written mid-epoch by a run with other settings ({'; '.join(diff)}); resuming "
+                              "would skip or repeat samples. Resume with the original settings, or start a new run directory")

@@ -1,19 +1,17 @@
-"""Process-group set-up from whichever launcher started us: torchrun / the deepspeed launcher (RANK,
-WORLD_SIZE, LOCAL_RANK), Slurm's srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID), or a plain
-single process."""
+"""The process group (gloo on CPU, NCCL on GPU, through DeepSpeed) for whichever launcher started us
+(lift_dist.engine.launcher_env), and the small collectives the trainer uses on CPU tensors."""
 
 from __future__ import annotations
 
 import datetime
-import os
-import re
-import socket
-import subprocess
 from dataclasses import dataclass
 
+import deepspeed
+import deepspeed.ops
 import torch
 import torch.distributed as dist
 
+from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError
 
 
@@ -31,45 +29,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def slurm_master_addr(nodelist: str) -> str:
-    """First host of the job's node list (scontrol expands e.g. 'n[1-4]')."""
-    try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True, timeout=30)
-        return out.stdout.split()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        # No scontrol: expand the first entry by hand, e.g. 'gpu[07-12,15],cpu1' -> 'gpu07'.
-        m = re.match(r"([^\[,]+)(?:\[(\d+))?", nodelist)
-        return (m.group(1) + (m.group(2) or "")) if m else nodelist
-
-
-def slurm_master_port(job_id: str) -> int:
-    # Derived from the job id so that jobs sharing a node do not clash; same on every task.
-    return 15000 + int(job_id) % 15000  # below the kernel's ephemeral range (32768+)
-
-
-def detect() -> tuple[int, int, int, str]:
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)), "torchrun"
-    if "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
-        world = int(env["SLURM_STEP_NUM_TASKS"])
-        rank, local = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))
-        env.setdefault("MASTER_ADDR", slurm_master_addr(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "localhost"))))
-        env.setdefault("MASTER_PORT", str(slurm_master_port(env.get("SLURM_JOB_ID", "0"))))
-        env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = str(rank), str(world), str(local)
-        return rank, world, local, "slurm"
-    env.setdefault("MASTER_ADDR", "127.0.0.1")
-    env.setdefault("MASTER_PORT", str(free_port()))
-    env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"] = "0", "1", "0"
-    return 0, 1, 0, "single"
-
-
 def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     rank, world, local, launcher = detect()
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
@@ -81,33 +40,23 @@ def setup(device: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
     else:
         dev, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        import deepspeed
-
+        if not use_cuda:
+            without_cpu_shm_op()
         deepspeed.init_distributed(
             dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(minutes=timeout_minutes)
         )
     return DistInfo(rank, world, local, dev, backend, launcher)
 
 
+def without_cpu_shm_op() -> None:
+    """DeepSpeed JIT-compiles its shared-memory CPU communication op (deepspeed_shm_comm) into the shared
+    ~/.cache/torch_extensions at the first CPU start: environments sharing a home directory rebuild it
+    in turn, ranks wait on its lock file, and a build killed midway leaves a lock every later run waits
+    on for ever. The op only serves DeepSpeed's inference all-reduce, never training (which all-reduces
+    through gloo), so it is marked unavailable: no build, no lock, a deterministic start."""
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # DeepSpeed keeps one dict; edits persist
+
+
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_sum_(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """In-place SUM over ranks of a CPU tensor (NCCL needs it on the GPU for the reduction)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    x = t.to(device)
-    dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    t.copy_(x.to(t.device))
-    return t
-
-
-def broadcast_(t: torch.Tensor, device: torch.device, src: int = 0) -> torch.Tensor:
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    x = t.to(device)
-    dist.broadcast(x, src=src)
-    t.copy_(x.to(t.device))
-    return t

@@ -8,9 +8,13 @@ import torch
 import torch.distributed as dist
 
 from lift_dist.data.manifest import Manifest
-from lift_dist.engine.distributed import all_reduce_sum_
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.engine import checkpoint
+from lift_dist.engine.collectives import all_reduce_sum_
+from lift_dist.errors import DataError
 from lift_dist.metrics import MetricAccumulator
+from lift_dist.model.lift_model import build_model
+from lift_dist.run_dir import RunDir
 from lift_dist.transforms import average_crop_logits, eval_transform, tte_transform
 
 
@@ -81,27 +85,16 @@ def evaluate(
 def load_run(run_dir, checkpoint_dir=None, num_classes: int | None = None):
     """Rebuild a trained model from RUN/config.yaml (base open_clip weights by name) and its
     trainable-only checkpoint. Returns (model, config)."""
-    from pathlib import Path
-
-
-    from lift_dist.config import load_config
-    from lift_dist.engine import checkpoint
-    from lift_dist.errors import DataError
-    from lift_dist.model.lift_model import build_model
-
-    run_dir = Path(run_dir)
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise DataError(f"{run_dir} is not a lift-dist run directory (no config.yaml)")
-    cfg = load_config(config_file=str(cfg_file))
-    path = checkpoint.resolve(run_dir, checkpoint_dir or "latest")
-    if path is None:
-        raise DataError(f"{run_dir} has no checkpoint yet")
+    run = RunDir(run_dir)
+    cfg = run.read_config()
+    path = checkpoint.weights_path(run, checkpoint_dir)
     state = checkpoint.load_trainable(path)
-    head_rows = [t.shape[0] for k, t in state.items() if k == "head.weight"]
-    C = num_classes or (head_rows[0] if head_rows else None)
+    head = state.get("head.weight")
+    C = num_classes or (head.shape[0] if head is not None else None)
     if C is None:
         raise DataError(f"{path}: no head.weight in the checkpoint")
+    if head is not None and head.shape[0] != C:
+        raise DataError(f"checkpoint {path} has a head for {head.shape[0]} classes but run {run.path} has {C} classes")
     cfg.model.head_init = "random"
     model, clip = build_model(cfg.model, C)
     del clip

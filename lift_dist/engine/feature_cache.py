@@ -28,11 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import webdataset as wds
 
 from lift_dist.data.manifest import Manifest
 from lift_dist.data.pipeline import ShardPlan, _stable_seed, decode_sample
 from lift_dist.errors import ConfigError, DataError
+from lift_dist.transforms import eval_transform
 
 FORMAT_VERSION = 2  # 2: activation in the key (QuickGELU forced for the 'openai' tag)
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -51,8 +53,6 @@ def cache_key(parts: dict) -> str:
 
 
 def _from_rank0(obj):
-    import torch.distributed as dist
-
     box = [obj]
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(box, src=0)
@@ -60,8 +60,6 @@ def _from_rank0(obj):
 
 
 def _gather(obj) -> list:
-    import torch.distributed as dist
-
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return [obj]
     out = [None] * dist.get_world_size()
@@ -78,7 +76,7 @@ class FeatureCache:
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, model, cfg, manifest: Manifest, info, resolution: int, precision: str, log=print) -> "FeatureCache":
+    def prepare(cls, model, cfg, manifest: Manifest, info, resolution: int, precision: str, log=print) -> FeatureCache:
         """Find or build this run's cache (every rank builds its share of missing shards), then barrier."""
         d = cfg.data  # augment=none, exact epochs and the dtype are checked by config.validate
         cut = model.encoder.frozen_prefix()
@@ -141,41 +139,43 @@ class FeatureCache:
             return False
 
     def _build(self, model, shards: list[int], resolution: int, d, device: torch.device, precision: str) -> None:
-        from lift_dist.transforms import eval_transform
-
         tf = eval_transform(resolution, d.interpolation)
         min_side = resolution * 8 // 7 if d.jpeg_draft else None
-        C = self.manifest.num_classes
         was_training = model.training
         model.eval()
         for i in shards:
-            url = str(self.manifest.shard_files[i])
-            feats, labels, images = [], [], []
-
-            def flush():
-                if images:
-                    x = torch.stack(images).to(device)
-                    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                        f = model.encoder.forward_to(x, self.cut)
-                    feats.append(f.float().cpu().numpy().astype(DTYPES[self.dtype]))
-                    images.clear()
-
-            for sample in wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": url}]):
-                img, label, _ = decode_sample(sample, C, min_side)
-                images.append(tf(img))
-                labels.append(label)
-                if len(images) == 64:
-                    flush()
-            flush()
-            if len(labels) != self.manifest.shard_samples[i]:
-                raise DataError(f"shard {url} holds {len(labels)} samples but its manifest says {self.manifest.shard_samples[i]}")
+            feats, labels = self._encode_shard(model, i, tf, min_side, device, precision)
             fp, lp = self._paths(i)
-            for path, arr in ((fp, np.concatenate(feats)), (lp, np.asarray(labels, dtype=np.int64))):
+            for path, arr in ((fp, feats), (lp, labels)):
                 tmp = path.with_name(path.name + f".tmp{os.getpid()}")
                 with open(tmp, "wb") as f:
                     np.save(f, arr)
                 os.replace(tmp, path)
         model.train(was_training)
+
+    def _encode_shard(self, model, i: int, tf, min_side, device: torch.device, precision: str):
+        """(features, labels) of shard i, encoded 64 images at a time."""
+        url = str(self.manifest.shard_files[i])
+        feats, labels, images = [], [], []
+        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": url}])
+        for sample in samples:
+            img, label, _ = decode_sample(sample, self.manifest.num_classes, min_side)
+            images.append(tf(img))
+            labels.append(label)
+            if len(images) == 64:
+                feats.append(self._encode(model, images, device, precision))
+                images = []
+        if images:
+            feats.append(self._encode(model, images, device, precision))
+        if len(labels) != self.manifest.shard_samples[i]:
+            raise DataError(f"shard {url} holds {len(labels)} samples but its manifest says {self.manifest.shard_samples[i]}")
+        return np.concatenate(feats), np.asarray(labels, dtype=np.int64)
+
+    def _encode(self, model, images: list, device: torch.device, precision: str) -> np.ndarray:
+        x = torch.stack(images).to(device)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            f = model.encoder.forward_to(x, self.cut)
+        return f.float().cpu().numpy().astype(DTYPES[self.dtype])
 
     # ---- reading ------------------------------------------------------------------------------
     def batches(self, plan: ShardPlan, epoch: int, rank: int, seed: int, batch_size: int) -> Iterator[tuple]:

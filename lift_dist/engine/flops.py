@@ -4,7 +4,11 @@ bf16 peak."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity), SXM parts; matched against the device name.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0}
@@ -13,11 +17,6 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 31
 def forward_flops_per_image(model: torch.nn.Module, resolution: int, device="cpu", bf16: bool = False) -> int:
     """FLOPs of one image's forward pass, counted by torch (2 per multiply-add, attention included);
     `bf16` runs it under autocast, for models holding bf16 weights (the count is the same)."""
-    import contextlib
-
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-
     device = torch.device(device)
     x = torch.zeros(1, 3, resolution, resolution, device=device)
     cast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()

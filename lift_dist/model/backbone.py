@@ -2,20 +2,29 @@
 
 `tiny` is a built-in, randomly initialised CLIP (ViT, patch 16, 64 px, real BPE tokenizer) for tests
 and demos; it works wherever a model name does.
+
+Weights files are read as data only: safetensors, `torch.load(weights_only=True)`, or, for OpenAI's
+own TorchScript archives (ViT-B-16.pt from the CLIP release), `torch.jit.load` on CPU, which reads
+the archive's tensors and TorchScript code without running Python, of which only the state dict is
+kept and checked against the model.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 
+import open_clip
 import torch
 
 from lift_dist.errors import ConfigError, LiftError
+from lift_dist.model import registry
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
+JIT_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")  # attributes of OpenAI's archives, not weights
 
 
 def register_builtin_configs() -> None:
@@ -23,32 +32,17 @@ def register_builtin_configs() -> None:
     global _registered
     if _registered:
         return
-    import open_clip
-
     for path in sorted(_CONFIG_DIR.glob("*.json")):
         open_clip.add_model_config(path)
     _registered = True
 
 
-def available_models() -> list[str]:
-    import open_clip
-
-    register_builtin_configs()
-    return list(open_clip.list_models())
-
-
 def check_model_name(name: str) -> None:
-    import open_clip
-
-    register_builtin_configs()
-    if open_clip.get_model_config(name.replace("/", "-")) is None:
-        vit = [m for m in open_clip.list_models() if m.startswith("ViT") or m == "tiny"]
-        raise ConfigError(f"unknown model '{name}'. Valid ViT names include: {', '.join(vit)}")
+    if registry.vision_geometry(name) is None:
+        raise ConfigError(f"unknown model '{name}'. Valid ViT names include: {', '.join(registry.vit_names())}")
 
 
 def _weights_help(name: str, tag: str) -> str:
-    import open_clip
-
     cfg = open_clip.get_pretrained_cfg(name, tag) or {}
     where = cfg.get("hf_hub") or cfg.get("url") or "the open_clip model zoo"
     return (
@@ -75,10 +69,54 @@ def tag_kwargs(name: str, pretrained: str) -> dict:
     """create_model options a pretrained tag needs. OpenAI's weights were trained with QuickGELU; open_clip
     (3.x) only warns when a plain config such as ViT-B-16 is paired with the 'openai' tag and keeps exact
     GELU, which silently changes every activation of the frozen encoder, so the tag's setting is forced."""
-    import open_clip
-
     cfg = open_clip.get_pretrained_cfg(name, pretrained) or {}
     return {"force_quick_gelu": True} if cfg.get("quick_gelu") else {}
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """TorchScript archives are zip files with a code/ directory and constants.pkl (torch.save zips have neither)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
+    try:
+        state = torch.jit.load(path, map_location="cpu").state_dict()
+    except Exception as e:  # a damaged archive raises RuntimeError / ValueError from the C++ reader
+        raise LiftError(f"could not read TorchScript weights file {path}: {str(e).splitlines()[0][:300]}") from None
+    state = {k: v for k, v in state.items() if k not in JIT_ONLY_KEYS}
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shapes:
+        what = (f"{len(missing)} tensor(s) missing (e.g. {missing[0]})" if missing else
+                f"{len(unexpected)} unexpected tensor(s) (e.g. {unexpected[0]})" if unexpected else
+                f"tensor {shapes[0]} has shape {tuple(state[shapes[0]].shape)}, the model {tuple(own[shapes[0]].shape)}")
+        raise LiftError(f"weights file {path} does not match the model: {what}; is it for this architecture?")
+    model.load_state_dict(state, strict=True)
+
+
+def _check_weights_arg(name: str, pretrained: str) -> bool:
+    """True when `pretrained` is a weights file; a tag that open_clip does not know is an error."""
+    is_tag = open_clip.get_pretrained_cfg(name, pretrained) not in (None, {})
+    looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors"))
+    if not is_tag and (looks_like_path or os.path.exists(pretrained)):
+        if not os.path.isfile(pretrained):
+            raise LiftError(f"weights file {pretrained} does not exist. {_weights_help(name, 'openai')}")
+        return True
+    if not is_tag:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ConfigError(f"'{pretrained}' is neither a weights file nor a pretrained tag of {name}; "
+                          f"valid tags: {', '.join(tags) or '(none)'}")
+    return False
+
+
+def _create(name: str, device, **kwargs):
+    with _quiet_random_init_warning():
+        return open_clip.create_model(name, device=device, precision="fp32", **kwargs)
 
 
 def load_clip(name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
@@ -87,48 +125,35 @@ def load_clip(name: str, pretrained: str | None = None, device: str | torch.devi
     `pretrained` is None (random init), an open_clip tag such as 'openai' (downloads, or uses the
     local cache), or a path to a weights file.
     """
-    import open_clip
-
     register_builtin_configs()
     check_model_name(name)
-    name = name.replace("/", "-")
-    kwargs = {}
-    if pretrained:
-        is_tag = open_clip.get_pretrained_cfg(name, pretrained) not in (None, {})
-        looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".bin", ".pth", ".safetensors"))
-        if not is_tag and (looks_like_path or os.path.exists(pretrained)):
-            if not os.path.isfile(pretrained):
-                raise LiftError(f"weights file {pretrained} does not exist. {_weights_help(name, 'openai')}")
-        elif not is_tag:
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ConfigError(
-                f"'{pretrained}' is neither a weights file nor a pretrained tag of {name}; "
-                f"valid tags: {', '.join(tags) or '(none)'}"
-            )
-        kwargs["pretrained"] = pretrained
-        kwargs.update(tag_kwargs(name, pretrained))
-    try:
-        with _quiet_random_init_warning():
-            model = open_clip.create_model(name, device=device, precision="fp32", **kwargs)
-    except (RuntimeError, OSError, ValueError, KeyError) as e:
-        if pretrained and os.path.isfile(pretrained):
-            raise LiftError(
-                f"could not load weights file {pretrained} into {name}: {str(e).splitlines()[0][:300]}. "
-                f"Is it a complete, uncorrupted open_clip/OpenAI checkpoint for this architecture?"
-            ) from e
-        if pretrained:
+    name = registry.canonical(name)
+    if not pretrained:
+        model = _create(name, device)
+    elif _check_weights_arg(name, pretrained):
+        model = _load_file(name, pretrained, device)
+    else:
+        try:
+            model = _create(name, device, pretrained=pretrained, **tag_kwargs(name, pretrained))
+        except (RuntimeError, OSError, ValueError, KeyError) as e:
             raise LiftError(f"pretrained weights '{pretrained}' for {name} are unavailable. {_weights_help(name, pretrained)}") from e
-        raise
-    except Exception as e:  # corrupt pickles raise e.g. UnpicklingError, EOFError
-        if pretrained and os.path.isfile(pretrained):
-            raise LiftError(f"could not read weights file {pretrained}: {type(e).__name__}: {e}") from e
-        raise
     model.eval()
     return model
 
 
-def get_tokenizer(name: str):
-    import open_clip
+def _load_file(name: str, path: str, device):
+    model = _create(name, device)
+    if is_torchscript_archive(path):
+        _load_torchscript_weights(model, path)
+        return model
+    try:
+        open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
+    except Exception as e:  # torch.load's refusals, corrupt pickles (UnpicklingError, EOFError), shape mismatches
+        raise LiftError(f"could not load weights file {path} into {name}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+                        "Is it a complete, uncorrupted open_clip/OpenAI checkpoint for this architecture?") from None
+    return model
 
+
+def get_tokenizer(name: str):
     register_builtin_configs()
-    return open_clip.get_tokenizer(name.replace("/", "-"))
+    return open_clip.get_tokenizer(registry.canonical(name))

@@ -2,36 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from lift_dist.errors import ConfigError, DataError
+from lift_dist.heads import build_head
 from lift_dist.model.backbone import load_clip
 from lift_dist.model.vit import PeftViT
-from lift_dist.peft import apply_peft, make_configs
+from lift_dist.peft import apply_peft
 
-
-@dataclass
-class ModelConfig:
-    name: str = "ViT-B-16"
-    pretrained: str | None = None  # open_clip tag ('openai') or weights file; None = random init
-    peft: list[str] = field(default_factory=lambda: ["adaptformer"])
-    # Shared module options (None = each method's default); per-method ones go in peft_options.
-    r: int | None = None
-    alpha: float | None = None
-    layers: str | None = None
-    peft_options: dict = field(default_factory=dict)
-    # A recipe's per-method options, used only for the methods chosen (peft_options win over them):
-    # LIFT+ sizes LoRA with C / (4L), so lift_plus sets {lora: {divisor: 4}} whatever the module.
-    peft_defaults: dict = field(default_factory=dict)
-    head: str = "cosine"
-    scale: float = 25.0
-    head_init: str = "semantic"  # semantic | class_mean | random
-    prompt: str = "default"  # default | classname | ensemble | descriptions
-    template: str = "a photo of a {}."
-    descriptions: str | None = None  # JSON file {class name: [sentences]} for prompt=descriptions
+if TYPE_CHECKING:
+    from lift_dist.config import ModelConfig
 
 
 class LiftModel(nn.Module):
@@ -117,12 +100,9 @@ def _span(layers: list[int]) -> str:
 def build_model(config: ModelConfig, num_classes: int, clip_model=None):
     """Build the LiftModel; returns (model, clip_model). The caller uses `clip_model` for the semantic
     head init and then drops it (the text tower is not needed for training)."""
-    from lift_dist.heads import build_head
-
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    peft_configs = make_configs(config.peft, config.peft_options, config.peft_defaults, r=config.r, alpha=config.alpha,
-                                layers=config.layers)
+    peft_configs = config.peft_configs()
     if clip_model is None:
         # A randomly initialised backbone (tests, `tiny`) must be the same in every process and in
         # every later `predict`, so it is drawn from a fixed seed without touching the global RNG.

@@ -45,6 +45,8 @@ LINEARS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
 class PeftBlock(nn.Module):
     """One open_clip ResidualAttentionBlock, computed explicitly, with optional modules at sites."""
 
+    LINEARS = LINEARS  # the linear layers whose weights a provider may replace (sparse fine-tuning)
+
     def __init__(self, block: nn.Module, index: int):
         super().__init__()
         attn = getattr(block, "attn", None)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from pydantic import ValidationError
 
 from lift_dist.errors import ConfigError, choices
 from lift_dist.peft.adapter import Adapter
@@ -20,6 +20,7 @@ from lift_dist.peft.lora import Lora
 from lift_dist.peft.sparse import Sparse
 from lift_dist.peft.ssf import Ssf
 from lift_dist.peft.vpt import VptDeep, VptShallow
+from lift_dist.validation import config_error
 
 REGISTRY: dict[str, type[PeftMethod]] = {
     m.name: m
@@ -59,19 +60,32 @@ def make_configs(names: list[str] | str, options: dict[str, dict] | None = None,
     out = []
     for name in names:
         cls = method_class(name)
-        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        fields = set(cls.config_class.model_fields)
         kwargs = {k: v for k, v in shared.items() if k in fields}
         used |= set(kwargs)
         for extra in (defaults.get(name, {}), options.get(name, {})):
             bad = [k for k in extra if k not in fields]
             if bad:
-                raise ConfigError(f"{name} has no option '{bad[0]}'; its options: {choices(fields)}")
+                raise ConfigError(f"{name} has no option '{bad[0]}'; its options: {choices(fields) or '(none)'}")
+        # Where each value came from, so that an error names the key the user wrote.
+        origin = {k: f"model.peft_defaults.{name}.{k}" for k in defaults.get(name, {})}
+        origin |= {k: f"model.{k}" for k in kwargs} | {k: f"model.peft_options.{name}.{k}" for k in options.get(name, {})}
         kwargs = {**defaults.get(name, {}), **kwargs, **options.get(name, {})}
-        out.append((name, cls.config_class(**kwargs)))
+        try:
+            out.append((name, cls.config_class(**kwargs)))
+        except ValidationError as e:
+            field = str(e.errors()[0]["loc"][0])
+            raise config_error(e, origin.get(field, f"model.peft_options.{name}").rsplit(".", 1)[0]) from None
     ignored = [k for k in shared if k not in used]
     if ignored:
         raise ConfigError(f"option '{ignored[0]}' does not apply to {', '.join(names)}")
     return out
+
+
+def check_configs(configs: list[tuple[str, PeftConfig]], num_layers: int) -> None:
+    """What can be checked of the chosen methods from the model's depth alone (config time)."""
+    for name, cfg in configs:
+        method_class(name).check(cfg, num_layers)
 
 
 def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> dict[str, dict]:
@@ -89,4 +103,5 @@ def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> 
     return info
 
 
-__all__ = ["REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "apply_peft", "method_class", "select_layers"]
+__all__ = ["REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "check_configs", "apply_peft", "method_class",
+           "select_layers"]

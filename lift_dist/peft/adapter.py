@@ -4,15 +4,12 @@ so the block starts as the exact identity."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from lift_dist.peft.adaptformer import AdaptFormer
-from lift_dist.peft.base import PeftConfig
+from lift_dist.peft.base import BottleneckR, PeftConfig
 
 
-@dataclass
 class AdapterConfig(PeftConfig):
-    r: int | None = None
+    r: BottleneckR | None = None
 
 
 class Adapter(AdaptFormer):

@@ -8,17 +8,15 @@ starting at 1; Up is zero-initialised, so the block starts as the exact identity
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from lift_dist.peft.base import PeftConfig, PeftMethod, check_r, default_bottleneck
+from lift_dist.peft.base import BottleneckR, PeftConfig, PeftMethod, default_bottleneck
 
 
-@dataclass
 class AdaptFormerConfig(PeftConfig):
-    r: int | None = None  # None: 2^floor(log2(C / 2L)) over the selected blocks
+    r: BottleneckR | None = None  # None: 2^floor(log2(C / 2L)) over the selected blocks
 
 
 class Bottleneck(nn.Module):
@@ -50,7 +48,6 @@ class AdaptFormer(PeftMethod):
     learnable_scale = True
 
     def apply(self, vit, num_classes: int) -> dict:
-        check_r(self.config.r, self.name)
         layers = self.layers(vit)
         r = self.config.r or default_bottleneck(num_classes, len(layers))
         for i in layers:

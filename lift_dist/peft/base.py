@@ -3,19 +3,43 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+import re
+from typing import Annotated, ClassVar
 
 import torch.nn as nn
+from pydantic import AfterValidator, Field
 
 from lift_dist.errors import ConfigError
+from lift_dist.validation import Strict
+
+_LAYER_SPEC = re.compile(r"^(all|none|last:\d+|\d+(,\d+)*)$")
 
 
-@dataclass
-class PeftConfig:
+def _check_layer_spec(spec):
+    if isinstance(spec, bool):
+        raise ValueError("use all, none, last:K or a list like 0,5,11")
+    if isinstance(spec, int):
+        if spec < 0:
+            raise ValueError("a number of last blocks must be >= 0")
+        return spec
+    if isinstance(spec, list):
+        if any(i < 0 for i in spec):
+            raise ValueError("block indices must be >= 0")
+        return spec
+    if not _LAYER_SPEC.match(str(spec).replace(" ", "")):
+        raise ValueError("use all, none, last:K or a list like 0,5,11")
+    return str(spec).replace(" ", "")
+
+
+# 'all', 'none', 'last:K', '0,3,11', an int K (= last:K) or a list of indices.
+LayerSpec = Annotated[int | list[int] | str, AfterValidator(_check_layer_spec)]
+BottleneckR = Annotated[int, Field(ge=1)]
+
+
+class PeftConfig(Strict):
     """Fields every method has. `layers`: 'all', 'last:k', 'none' or explicit indices '0,3,11'."""
 
-    layers: str = "all"
+    layers: LayerSpec = "all"
 
 
 def select_layers(spec: str | int | list | None, num_layers: int, method: str) -> list[int]:
@@ -54,21 +78,25 @@ def default_bottleneck(num_classes: int, num_layers: int, divisor: int = 2) -> i
     return 2 ** max(0, math.floor(math.log2(num_classes / (divisor * num_layers))))
 
 
-def check_r(r: int | None, method: str) -> None:
-    if r is not None and (not isinstance(r, int) or r < 1):
-        raise ConfigError(f"{method}: bottleneck r must be an integer >= 1, got {r!r}")
-
-
 class PeftMethod:
-    """A lightweight-fine-tuning method: `apply` adds modules to (or unfreezes parts of) a PeftViT."""
+    """A lightweight-fine-tuning method: `apply` adds modules to (or unfreezes parts of) a PeftViT.
+
+    `size_parameter` names the config field a sweep varies for this method (r, alpha, length), or None."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[PeftConfig]] = PeftConfig
+    size_parameter: ClassVar[str | None] = None
     # Additive modules that start as the exact identity (checked by tests).
     identity_at_init: ClassVar[bool] = False
 
     def __init__(self, config: PeftConfig):
         self.config = config
+
+    @classmethod
+    def check(cls, config: PeftConfig, num_layers: int) -> None:
+        """Everything about `config` that can be checked from the model's depth alone (before building)."""
+        if "layers" in type(config).model_fields:
+            select_layers(config.layers, num_layers, cls.name)
 
     def apply(self, vit, num_classes: int) -> dict:
         """Attach the method to `vit`; return facts for the parameter report (e.g. {'r': 32})."""

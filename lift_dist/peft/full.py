@@ -4,8 +4,6 @@ with the last 3 blocks by default (LIFT's `partial k`; choose k with --layers la
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from lift_dist.peft.base import PeftConfig, PeftMethod, unfreeze
 
 
@@ -19,7 +17,6 @@ class Full(PeftMethod):
         return {"layers": layers}
 
 
-@dataclass
 class PartialConfig(PeftConfig):
     layers: str = "last:3"
 

@@ -8,19 +8,19 @@ B is zero, so the model starts as the exact identity.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from lift_dist.peft.base import PeftConfig, PeftMethod, check_r, default_bottleneck
+from lift_dist.peft.base import BottleneckR, PeftConfig, PeftMethod, default_bottleneck
 
 
-@dataclass
 class LoraConfig(PeftConfig):
-    r: int | None = None
+    r: BottleneckR | None = None
     # Default r = 2^floor(log2(C / (divisor * L))): LIFT uses 2, LIFT+ uses 4.
-    divisor: int = 2
+    divisor: Annotated[int, Field(ge=1)] = 2
 
 
 class LowRankDelta(nn.Module):
@@ -39,9 +39,9 @@ class Lora(PeftMethod):
     name = "lora"
     config_class = LoraConfig
     identity_at_init = True
+    size_parameter = "r"
 
     def apply(self, vit, num_classes: int) -> dict:
-        check_r(self.config.r, self.name)
         layers = self.layers(vit)
         r = self.config.r or default_bottleneck(num_classes, len(layers), self.config.divisor)
         for i in layers:

@@ -10,19 +10,17 @@ gradient is never computed). Masks are not saved: they are regenerated from the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from lift_dist.errors import ConfigError
-from lift_dist.model.vit import LINEARS
 from lift_dist.peft.base import PeftConfig, PeftMethod
 
 
-@dataclass
 class SparseConfig(PeftConfig):
-    alpha: float | None = None  # None: LIFT's C / (12·L·D) floored to 0.001 steps (min 0.001)
+    alpha: Annotated[float, Field(gt=0, le=1)] | None = None  # None: LIFT's C / (12·L·D) floored to 0.001 steps
     seed: int = 0
 
 
@@ -57,18 +55,17 @@ class SparseWeights(nn.Module):
 class Sparse(PeftMethod):
     name = "sparse"
     config_class = SparseConfig
+    size_parameter = "alpha"
 
     def apply(self, vit, num_classes: int) -> dict:
         alpha = self.config.alpha
         if alpha is None:
             alpha = default_alpha(num_classes, vit.num_layers, vit.width)
-        if not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
-            raise ConfigError(f"sparse: alpha must be in (0, 1], got {alpha!r}")
         layers = self.layers(vit)
         gen = torch.Generator().manual_seed(self.config.seed)
         for i in layers:
             blk = vit.blocks[i]
-            for name in LINEARS:
+            for name in blk.LINEARS:
                 w, b = blk.frozen_linear(name)
                 blk.set_weight_provider(name, SparseWeights(w, b, float(alpha), gen))
         return {"alpha": float(alpha), "seed": self.config.seed, "layers": layers}

@@ -7,12 +7,13 @@ Default 'attn,mlp' (LIFT+'s SSF). Init γ ~ N(1, 0.02), β ~ N(0, 0.02): close t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
+from pydantic import AfterValidator
 
-from lift_dist.errors import ConfigError, choices
+from lift_dist.errors import choices
 from lift_dist.peft.base import PeftConfig, PeftMethod
 
 SITE_GROUPS = {
@@ -22,9 +23,16 @@ SITE_GROUPS = {
 }
 
 
-@dataclass
+def _check_sites(sites: str) -> str:
+    groups = [g.strip() for g in sites.split(",") if g.strip()]
+    bad = [g for g in groups if g not in SITE_GROUPS]
+    if bad or not groups:
+        raise ValueError(f"unknown site group '{bad[0] if bad else ''}'; valid: {choices(SITE_GROUPS)}")
+    return ",".join(groups)
+
+
 class SsfConfig(PeftConfig):
-    sites: str = "attn,mlp"
+    sites: Annotated[str, AfterValidator(_check_sites)] = "attn,mlp"
 
 
 class ScaleShift(nn.Module):
@@ -42,10 +50,7 @@ class Ssf(PeftMethod):
     config_class = SsfConfig
 
     def apply(self, vit, num_classes: int) -> dict:
-        groups = [g.strip() for g in self.config.sites.split(",") if g.strip()]
-        bad = [g for g in groups if g not in SITE_GROUPS]
-        if bad or not groups:
-            raise ConfigError(f"ssf: unknown site group '{bad[0] if bad else ''}'; valid: {choices(SITE_GROUPS)}")
+        groups = self.config.sites.split(",")
         layers = self.layers(vit)
         for i in layers:
             for g in groups:

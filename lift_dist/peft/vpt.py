@@ -9,18 +9,18 @@ Init uniform(±sqrt(6 / (3·p² + D))), p the patch size, length 10 (LIFT).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn as nn
+from pydantic import Field
 
-from lift_dist.errors import ConfigError
 from lift_dist.peft.base import PeftConfig, PeftMethod
+from lift_dist.validation import Strict
 
 
-@dataclass
 class VptConfig(PeftConfig):
-    length: int = 10
+    length: Annotated[int, Field(ge=1)] = 10
 
 
 class Prompt(nn.Module):
@@ -36,21 +36,19 @@ class Prompt(nn.Module):
 
 class _Vpt(PeftMethod):
     config_class = VptConfig
+    size_parameter = "length"
 
     def _add(self, vit, layers: list[int]) -> dict:
-        if self.config.length < 1:
-            raise ConfigError(f"{self.name}: prompt length must be >= 1, got {self.config.length}")
         for i in layers:
             vit.blocks[i].add("prompt", Prompt(self.config.length, vit.width, vit.patch_size), self.name)
         return {"length": self.config.length, "layers": layers}
 
 
-@dataclass
-class VptShallowConfig:
+class VptShallowConfig(Strict):
     """No `layers`: shallow is by definition the input of block 0, so a layer selection is refused
     (on its own) or applies only to the other modules it is combined with."""
 
-    length: int = 10
+    length: Annotated[int, Field(ge=1)] = 10
 
 
 class VptShallow(_Vpt):

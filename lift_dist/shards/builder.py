@@ -10,6 +10,7 @@ Order of events, so that a crash at any point leaves nothing that looks complete
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing as mp
 import os
@@ -21,21 +22,23 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset  # noqa: F401  imported before forking, so workers start warm
+from tqdm import tqdm
 
 import lift_dist
 from lift_dist.data import manifest as mf
 from lift_dist.errors import DataError, LiftError
+from lift_dist.lifecycle import die_with_parent
+from lift_dist.shards.index import BadItem, SourceIndex, TrainClasses, load_train_classes
 from lift_dist.shards.options import BuildOptions
-from lift_dist.shards.sources import BadItem, SourceIndex, TrainClasses, load_train_classes
 from lift_dist.shards.writer import ShardTask, fingerprint, is_temp_of_split, write_atomic, write_shard
 
 SHOW_BAD = 5  # bad items named in the error message; all of them are in the errors report
 
 
 def _parquet_bytes(columns: dict) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     buf = pa.BufferOutputStream()
     pq.write_table(pa.table(columns), buf)
     return buf.getvalue().to_pybytes()
@@ -89,6 +92,7 @@ _progress_queue = None
 def _init_worker(queue) -> None:
     global _progress_queue
     _progress_queue = queue
+    die_with_parent()  # a killed build must not leave workers writing shards
 
 
 def _worker_write(task: ShardTask) -> dict:
@@ -110,8 +114,6 @@ def run_tasks(tasks: Iterable[ShardTask], workers: int, bar) -> Iterator[dict]:
         for t in tasks:
             yield write_shard(t, progress=bar.update)
         return
-    import webdataset  # noqa: F401  imported before forking, so workers start warm
-
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")
     queue = ctx.Queue()
@@ -143,8 +145,6 @@ def run_tasks(tasks: Iterable[ShardTask], workers: int, bar) -> Iterator[dict]:
 # ---- the build --------------------------------------------------------------------------------
 
 def _progress_bar(opts: BuildOptions, total: int):
-    from tqdm import tqdm
-
     class Bar(tqdm):
         monitor_interval = 0  # no monitor thread: worker processes are forked after the bar exists
 
@@ -243,8 +243,6 @@ def build(index_source: Callable[[TrainClasses | None], SourceIndex], opts: Buil
         "tool_version": lift_dist.__version__,
         "format_version": 1,
     }
-    import json
-
     write_atomic(mf.summary_path(out, split), (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     write_atomic(mf.shards_path(out, split), _parquet_bytes({
         "path": listed,

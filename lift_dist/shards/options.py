@@ -31,7 +31,7 @@ class BuildOptions:
         if self.train_manifest is not None:
             self.train_manifest = Path(self.train_manifest)
 
-    def validate(self) -> "BuildOptions":
+    def validate(self) -> BuildOptions:
         if not is_valid_split_name(self.split):
             raise ConfigError(f"split name {self.split!r} must be non-empty and use only {SPLIT_NAME_CHARS}")
         if self.resize is not None and (not isinstance(self.resize, int) or self.resize < 1):

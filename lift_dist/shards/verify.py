@@ -14,6 +14,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
 
 from lift_dist.data import manifest as mf
 from lift_dist.errors import DataError
@@ -37,9 +40,6 @@ def verify(out: str | os.PathLike, splits: list[str] | None = None, *, decode: b
 
 
 def _verify_split(out: Path, split: str, decode: bool) -> list[str]:
-    import pyarrow.parquet as pq
-    import webdataset as wds
-
     try:
         m = mf.read_manifest(out, split)
     except DataError as e:
@@ -112,8 +112,6 @@ def _check_sample(s: dict, shard: str, num_classes: int, seen: np.ndarray, keys:
     except ValueError:
         return [f"{where}: 'json' is not valid JSON"]
     if decode:
-        from PIL import Image
-
         try:
             Image.open(io.BytesIO(s["jpg"])).load()
         except Exception as e:

@@ -18,9 +18,11 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import webdataset as wds
+
 from lift_dist.data import manifest as mf
 from lift_dist.shards.images import BadImage, encode_bytes, encode_rgb
-from lift_dist.shards.sources import Item
+from lift_dist.shards.index import Item
 
 FORMAT_VERSION = 1
 TAR_MTIME = 0
@@ -124,13 +126,20 @@ def finished_record(task: ShardTask) -> dict | None:
     return rec
 
 
+def read_payload(item: Item) -> bytes:
+    """The image bytes of a "file" item (a path) or a "member" item ((tar path, offset, size) of a shard entry)."""
+    path, offset, size = (item.payload, 0, -1) if item.kind == "file" else item.payload
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def encode_item(item: Item, resize: int | None, quality: int) -> bytes:
     if item.kind == "rgb":
         w, h, data = item.payload
         return encode_rgb(w, h, data, resize, quality)
     try:
-        with open(item.payload, "rb") as f:
-            data = f.read()
+        data = read_payload(item)
     except FileNotFoundError:
         raise BadImage("missing image file") from None
     except IsADirectoryError:
@@ -149,8 +158,6 @@ def write_shard(task: ShardTask, progress=None) -> dict:
         if progress:
             progress(len(task.items))
         return dict(rec, status="reused", bad=rec.get("skipped", []))
-    import webdataset as wds
-
     out = Path(task.out)
     final, record = out / task.name, mf.record_path(out, task.name)
     for stale in (record, final):  # record first: a tar without a record is never trusted

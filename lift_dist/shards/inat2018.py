@@ -15,12 +15,22 @@ import os
 from array import array
 from pathlib import Path
 
+import ijson
 import numpy as np
+from ijson.common import ObjectBuilder
 
 from lift_dist.errors import ConfigError, DataError, choices
-from lift_dist.shards.jsonstream import stream_object
-from lift_dist.shards.sources import (BadItem, ClassTable, Item, SourceIndex, StringTable, TrainClasses,
-                                      check_same_classes, json_bytes, unsafe_path_reason)
+from lift_dist.shards.index import (
+    BadItem,
+    ClassTable,
+    Item,
+    SourceIndex,
+    StringTable,
+    TrainClasses,
+    check_same_classes,
+    json_bytes,
+    unsafe_path_reason,
+)
 
 LEVELS = ("species", "genus", "family", "order", "class", "phylum", "kingdom")
 RANKS_TOP_DOWN = ("kingdom", "phylum", "class", "order", "family", "genus")
@@ -112,13 +122,22 @@ class _Compact:
             raise DataError(f"{self.path}: {what} must be an integer (got {v!r})")
         return v
 
+    def _size(self, v, what: str) -> int:
+        if v is None:
+            return 0
+        if isinstance(v, float) and v.is_integer() and v >= 0:
+            return int(v)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise DataError(f"{self.path}: {what} must be a whole number of pixels (got {v!r})")
+        return v
+
     def image(self, el, i: int) -> None:
         if not isinstance(el, dict) or "id" not in el or "file_name" not in el:
             raise DataError(f"{self.path}: images[{i}] must be an object with 'id' and 'file_name'")
         self.ids.append(self._int(el["id"], f"images[{i}].id"))
         self.names.append(str(el["file_name"]))
-        self.widths.append(int(el.get("width") or 0))
-        self.heights.append(int(el.get("height") or 0))
+        self.widths.append(self._size(el.get("width"), f"images[{i}].width"))
+        self.heights.append(self._size(el.get("height"), f"images[{i}].height"))
 
     def annotation(self, el, i: int) -> None:
         if not isinstance(el, dict) or "image_id" not in el or "category_id" not in el:
@@ -129,6 +148,45 @@ class _Compact:
     def category(self, el, i: int) -> None:
         if isinstance(el, dict):
             self.json_categories.append(el)
+
+
+def walk_arrays(path: Path, handlers: dict) -> None:
+    """Call handlers[key](element, index) for each element of the top-level arrays named in `handlers`,
+    one element built at a time (ijson events): iNat's train2018.json would take several hundred MB as
+    Python objects. Other members are skipped."""
+    if not path.is_file():
+        raise DataError(f"annotation file {path} does not exist")
+    items = {f"{k}.item": k for k in handlers}
+    index = dict.fromkeys(handlers, 0)
+    builder, where, top = None, None, None
+    with open(path, "rb") as f:
+        try:
+            for prefix, event, value in ijson.parse(f, use_float=True):
+                if top is None:
+                    top = event
+                    if event != "start_map":
+                        raise DataError(f"{path}: the annotation file must hold a JSON object, not a {event.split('_')[-1]}")
+                if builder is None and prefix in items and event not in ("end_map", "end_array"):
+                    where = prefix
+                    if event in ("start_map", "start_array"):
+                        builder = ObjectBuilder()
+                    else:  # a scalar element
+                        _deliver(handlers, index, items[prefix], value)
+                        continue
+                if builder is not None:
+                    builder.event(event, value)
+                    if prefix == where and event in ("end_map", "end_array"):
+                        _deliver(handlers, index, items[where], builder.value)
+                        builder = None
+                elif prefix in handlers and event in ("start_map", "string", "number", "boolean", "null"):
+                    raise DataError(f"{path}: '{prefix}' must be an array")
+        except ijson.JSONError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def _deliver(handlers: dict, index: dict, key: str, element) -> None:
+    handlers[key](element, index[key])
+    index[key] += 1
 
 
 def _np(a: array, dtype) -> np.ndarray:
@@ -143,14 +201,14 @@ def index_inat2018(root: str | os.PathLike, split: str, *, annotations: str | os
         raise DataError(f"iNaturalist root {root} does not exist")
     if annotations is None:
         if split not in SPLIT_FILES:
-            raise ConfigError(f"split '{split}' has no official annotation file ({', '.join(f'{k}: {v}' for k, v in SPLIT_FILES.items())}); "
-                              "pass --annotations FILE")
+            known = ", ".join(f"{k}: {v}" for k, v in SPLIT_FILES.items())
+            raise ConfigError(f"split '{split}' has no official annotation file ({known}); pass --annotations FILE")
         annotations = root / SPLIT_FILES[split]
     annotations = Path(annotations)
     cat_file = Path(categories) if categories is not None else root / "categories.json"
 
     c = _Compact(annotations)
-    stream_object(annotations, {"images": c.image, "annotations": c.annotation, "categories": c.category})
+    walk_arrays(annotations, {"images": c.image, "annotations": c.annotation, "categories": c.category})
     if cat_file.is_file():
         cats = read_categories(cat_file)
     elif categories is not None:

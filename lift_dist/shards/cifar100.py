@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lift_dist.errors import ConfigError, DataError
-from lift_dist.shards.sources import ClassTable, Item, SourceIndex, TrainClasses, check_same_classes, json_bytes
+from lift_dist.shards.index import ClassTable, Item, SourceIndex, TrainClasses, check_same_classes, json_bytes
 
 MEMBERS = {"train": "train", "test": "test", "meta": "meta"}
 IMG_MAX = 500

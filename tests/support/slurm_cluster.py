@@ -115,7 +115,7 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ensure_cluster() -> SlurmCluster | str:
     """Bring the local cluster up (idempotent, ~1 s when already up) and describe it.
 
@@ -153,7 +153,7 @@ def ensure_cluster() -> SlurmCluster | str:
                 env=env, timeout=UP_TIMEOUT_S,
             ).returncode
     except subprocess.TimeoutExpired:
-        raise SlurmClusterError(f"cluster.sh up took over {UP_TIMEOUT_S}s; log {log}:\n{_tail(log)}")
+        raise SlurmClusterError(f"cluster.sh up took over {UP_TIMEOUT_S}s; log {log}:\n{_tail(log)}") from None
     if rc == 3:  # packages could not be installed (offline, no apt, ...): an environment limit
         return _unavailable(f"could not install Slurm with apt-get (log {log}):\n{_tail(log, 8)}")
     if rc != 0:

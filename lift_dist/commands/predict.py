@@ -1,0 +1,21 @@
+"""Arguments of `lift-dist predict`."""
+
+from __future__ import annotations
+
+import argparse
+
+RUN = "lift_dist.predict:run"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--run", required=True, help="run directory (config.yaml, classes.json, checkpoints/)")
+    p.add_argument("--checkpoint", help="checkpoint directory (default: the run's latest)")
+    p.add_argument("--tte", action="store_true", help="test-time ensembling (five crops, logits averaged)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.add_argument("--shards", help="predict every sample of a shard split instead of image files")
+    p.add_argument("--split", default="test", help="split of --shards (default test)")
+    p.add_argument("--out", help="Parquet file for --shards predictions")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if there is one")

@@ -1,0 +1,310 @@
+"""The run directory: the one place that knows its layout, reads and writes its files, and locks it.
+
+    RUN/config.yaml          the resolved RunConfig (paths absolute)
+    RUN/log.txt              what rank 0 printed
+    RUN/history.jsonl        one JSON line per finished epoch (loss, lr, speed, evaluation)
+    RUN/classes.json         class names, training counts and head/medium/tail groups
+    RUN/metrics.json         final metrics (written last: its presence means the run finished)
+    RUN/per_class.parquet    per-class accuracy (and eval counts) per evaluation mode
+    RUN/confusions.parquet   sparse (true, predicted) mistake counts per evaluation mode
+    RUN/tensorboard/         TensorBoard event files
+    RUN/checkpoints/         step-XXXXXXXX/ directories and `latest` (lift_dist.engine.checkpoint)
+    RUN/comms-rank{r}.json   DeepSpeed's record of collectives (LIFT_DIST_COMMS_LOG=1)
+    RUN/lock                 who trains in this directory now (host, pid, launch)
+    RUN/launch.yaml          the resolved config a Slurm job's tasks train from (lift-dist launch)
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file; every
+file is data (YAML, JSON, Parquet, safetensors), never a pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lift_dist.config import load_config, save_config
+from lift_dist.errors import DataError, RunDirError
+
+CONFIG, LOG, HISTORY, CLASSES, METRICS = "config.yaml", "log.txt", "history.jsonl", "classes.json", "metrics.json"
+PER_CLASS, CONFUSIONS, TENSORBOARD = "per_class.parquet", "confusions.parquet", "tensorboard"
+CHECKPOINTS, LOCK = "checkpoints", "lock"
+LAUNCH_CONFIG = "launch.yaml"
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_atomic(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{what} {path} is not readable JSON: {e}") from None
+
+
+def _finite_or_none(v):
+    return None if isinstance(v, float) and math.isnan(v) else v
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- paths (the only place that names these files) ----------------------------------------
+    config = property(lambda self: self.path / CONFIG)
+    log_file = property(lambda self: self.path / LOG)
+    history_file = property(lambda self: self.path / HISTORY)
+    classes_file = property(lambda self: self.path / CLASSES)
+    metrics_file = property(lambda self: self.path / METRICS)
+    per_class_file = property(lambda self: self.path / PER_CLASS)
+    confusions_file = property(lambda self: self.path / CONFUSIONS)
+    tensorboard_dir = property(lambda self: self.path / TENSORBOARD)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    lock_file = property(lambda self: self.path / LOCK)
+    launch_config = property(lambda self: self.path / LAUNCH_CONFIG)
+
+    def comms_file(self, rank: int) -> Path:
+        return self.path / f"comms-rank{rank}.json"
+
+    def file(self, name: str) -> Path:
+        """Files other tools keep beside a run (a sweep trial's train.log, its Slurm job record)."""
+        return self.path / name
+
+    @property
+    def finished(self) -> bool:
+        return self.metrics_file.is_file()
+
+    def create(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    # ---- config --------------------------------------------------------------------------------
+    def write_config(self, cfg) -> None:
+        save_config(cfg, self.config)
+
+    def write_launch_config(self, cfg) -> None:
+        save_config(cfg, self.launch_config)
+
+    def read_config(self):
+        if not self.config.is_file():
+            raise DataError(f"{self.path} is not a lift-dist run directory (no {CONFIG})")
+        return load_config(config_file=str(self.config))
+
+    # ---- log, history, metrics, classes ----------------------------------------------------------
+    def log(self, msg: str) -> None:
+        with open(self.log_file, "a") as f:
+            f.write(msg + "\n")
+
+    def append_history(self, entry: dict) -> None:
+        with open(self.history_file, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def read_history(self, strict: bool = False) -> list[dict]:
+        """Epoch records, the later of two for one epoch winning (a resumed run may repeat one). A line
+        cut short by a kill is skipped, unless `strict` (then it is an error naming the line)."""
+        if not self.history_file.is_file():
+            return []
+        rows = {}
+        for i, line in enumerate(self.history_file.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                h = json.loads(line)
+            except json.JSONDecodeError as e:
+                if strict:
+                    raise DataError(f"{self.history_file} line {i} is not JSON: {e}") from None
+                continue
+            rows[h.get("epoch", len(rows) + 1)] = h
+        return [rows[e] for e in sorted(rows)]
+
+    def trim_history(self, epochs_done: int) -> None:
+        """Keep the epochs a resumed run keeps (none on a fresh start)."""
+        kept = [h for h in self.read_history() if h.get("epoch", 0) <= epochs_done]
+        write_atomic(self.history_file, "".join(json.dumps(h) + "\n" for h in kept))
+
+    def write_metrics(self, metrics: dict) -> None:
+        write_json(self.metrics_file, metrics)
+
+    def read_metrics(self) -> dict:
+        if not self.path.is_dir():
+            raise DataError(f"run directory {self.path} does not exist or is not a directory")
+        if not self.finished:
+            raise DataError(f"{self.path} is not a finished run directory: no {METRICS} (training not run or not finished?)")
+        m = read_json(self.metrics_file, "metrics file")
+        if not isinstance(m, dict):
+            raise DataError(f"metrics file {self.metrics_file} does not hold a JSON object")
+        return m
+
+    def write_classes(self, names: list[str], train_counts, groups: list[str], groups_from: str | None = None) -> None:
+        data = {"names": list(names), "train_counts": [int(c) for c in train_counts], "groups": list(groups)}
+        if groups_from:
+            data["groups_from"] = groups_from
+        write_json(self.classes_file, data)
+
+    def read_classes(self) -> dict:
+        if not self.classes_file.is_file():
+            raise DataError(f"{self.path} is not a finished lift-dist run directory (no {CLASSES})")
+        return read_json(self.classes_file, "class table")
+
+    # ---- per-class results ------------------------------------------------------------------------
+    def write_per_class(self, results: dict, class_names, train_counts, groups) -> None:
+        cols = {"label": list(range(len(class_names))), "name": list(class_names),
+                "train_count": [int(c) for c in train_counts], "group": list(groups)}
+        for mode, m in results.items():
+            cols[f"accuracy_{mode}"] = [float(a) for a in m["per_class"]]
+            cols[f"eval_count_{mode}"] = [int(c) for c in m["per_class_count"]]
+        self._write_parquet(self.per_class_file, pa.table(cols))
+
+    def write_confusions(self, results: dict) -> None:
+        rows = [(mode, t, p, n) for mode, m in results.items() for (t, p), n in sorted(m["confusions"].items())]
+        schema = pa.schema([("mode", pa.string()), ("true", pa.int64()), ("predicted", pa.int64()), ("count", pa.int64())])
+        self._write_parquet(self.confusions_file, pa.table(
+            {"mode": [r[0] for r in rows], "true": [r[1] for r in rows], "predicted": [r[2] for r in rows],
+             "count": [r[3] for r in rows]}, schema=schema))
+
+    def read_per_class(self, required: set[str]):
+        return self._read_parquet(self.per_class_file, required)
+
+    def read_confusions(self, required: set[str]):
+        return self._read_parquet(self.confusions_file, required)
+
+    @staticmethod
+    def _write_parquet(path: Path, table) -> None:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+
+    @staticmethod
+    def _read_parquet(path: Path, required: set[str]):
+        """A pandas DataFrame, or None when the file is absent."""
+        if not path.is_file():
+            return None
+        try:
+            df = pq.read_table(path).to_pandas()
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise DataError(f"{path} is not a readable parquet file: {e}") from None
+        missing = required - set(df.columns)
+        if missing:
+            raise DataError(f"{path} lacks column(s) {', '.join(sorted(missing))}")
+        return df
+
+    # ---- the lock -------------------------------------------------------------------------------
+    def lock(self, launch_id: str) -> RunLock:
+        return RunLock(self.lock_file, launch_id)
+
+
+def summary_metrics(m: dict) -> dict:
+    """The five headline numbers; an empty group (NaN) becomes None (null in JSON)."""
+    keys = ("overall", "mean_class", "head", "medium", "tail")
+    return {k: _finite_or_none(None if m.get(k) is None else float(m[k])) for k in keys}
+
+
+# ---- locking --------------------------------------------------------------------------------------
+
+def launch_id() -> str:
+    """What the ranks of one training launch share (so a rank knows its own job's lock)."""
+    env = os.environ
+    if env.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun:{env['TORCHELASTIC_RUN_ID']}:{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+    if env.get("SLURM_JOB_ID"):
+        return f"slurm:{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '')}:{env.get('SLURM_RESTART_COUNT', '0')}"
+    if env.get("MASTER_PORT") and env.get("WORLD_SIZE", "1") != "1":
+        return f"env:{env.get('MASTER_ADDR', '')}:{env['MASTER_PORT']}"
+    return f"pid:{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _slurm_job_running(job_id: str) -> bool | None:
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return False if "Invalid job id" in out.stderr else None
+    return bool(out.stdout.strip())
+
+
+class RunLock:
+    """A run directory belongs to one training at a time. Rank 0 writes RUN/lock (host, pid, launch id);
+    every rank checks it first. A lock whose process is gone (same host, dead pid; or a Slurm job that
+    no longer runs, or this very job requeued) is stale and taken over."""
+
+    def __init__(self, path: Path, launch: str):
+        self.path, self.launch, self.held = Path(path), launch, False
+
+    def holder(self) -> dict | None:
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stale_reason(self, h: dict) -> str | None:
+        """Why the holder `h` no longer trains here, or None when it may still."""
+        if h.get("host") == socket.gethostname():
+            return None if _pid_alive(int(h.get("pid", -1))) else f"pid {h.get('pid')} is gone"
+        job = h.get("slurm_job")
+        if job and job == os.environ.get("SLURM_JOB_ID"):
+            return f"Slurm job {job} was requeued"
+        if job and _slurm_job_running(job) is False:
+            return f"Slurm job {job} no longer runs"
+        return None
+
+    def check(self) -> None:
+        """Refuse when another launch holds a live lock (every rank calls this before anything starts)."""
+        h = self.holder()
+        if h is None or h.get("launch") == self.launch or self.stale_reason(h):
+            return
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("time", 0)))
+        raise RunDirError(
+            f"run directory {self.path.parent} is in use by another training (pid {h.get('pid')} on {h.get('host')}, "
+            f"since {since}); wait for it to end, or use another --out. If no training runs there, delete {self.path}")
+
+    def acquire(self) -> str | None:
+        """Take the lock (rank 0); returns a note when a stale lock was taken over."""
+        self.check()
+        note = None
+        h = self.holder()
+        if h is not None and h.get("launch") != self.launch:
+            note = f"took over the stale lock of {self.path.parent} ({self.stale_reason(h)})"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, {"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
+                               "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()})
+        self.held = True
+        return note
+
+    def release(self) -> None:
+        if self.held and (self.holder() or {}).get("launch") == self.launch:
+            self.path.unlink(missing_ok=True)
+        self.held = False

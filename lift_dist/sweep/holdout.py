@@ -1,0 +1,56 @@
+"""The sweep's objective is measured on a validation split held out from the TRAINING shards, never on
+the test set: up to `val_per_class` images of every class (never more than half of a class), chosen
+with a seeded shuffle, go to `val`; the rest to `train`. Both are written by the shard builder from
+the source shards (image bytes copied as they are), with as many shards as the source, so the same
+ranks × workers can read them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from lift_dist.data.manifest import read_manifest
+from lift_dist.errors import DataError
+from lift_dist.run_dir import write_json
+from lift_dist.shards import BuildOptions, build
+from lift_dist.shards.from_shards import index_shards, shard_members
+
+DONE = "holdout.json"
+
+
+def choose_validation(root: Path, split: str, val_per_class: int, seed: int) -> set[str]:
+    keys_by_class: dict[int, list[str]] = {}
+    for shard in read_manifest(root, split).shard_files:
+        for s in shard_members(shard):
+            keys_by_class.setdefault(int(s["cls"].decode("ascii").strip()), []).append(s["key"])
+    rng = random.Random(seed)
+    val: set[str] = set()
+    for _, keys in sorted(keys_by_class.items()):
+        keys = sorted(keys)
+        rng.shuffle(keys)
+        val.update(keys[: min(val_per_class, len(keys) // 2)])
+    if not val:
+        raise DataError(f"{root}: no class has 2 or more training images; nothing can be held out for validation")
+    return val
+
+
+def make_holdout(shards: Path, out: Path, split: str, val_per_class: int, seed: int) -> Path:
+    """Write `out/train` and `out/val` from `shards/{split}` (kept when already made from the same source)."""
+    record = {"source": str(Path(shards).resolve()), "split": split, "val_per_class": val_per_class, "seed": seed}
+    done = out / DONE
+    if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in record} == record:
+        return out
+    source = read_manifest(shards, split)
+    val = choose_validation(shards, split, val_per_class, seed)
+    n_shards = len(source.shard_files)
+    parts = {"train": lambda key, label: key not in val, "val": lambda key, label: key in val}
+    counts = {"train": source.num_samples - len(val), "val": len(val)}
+    for part, keep in parts.items():
+        opts = BuildOptions(out=out, split=part, resize=None, shard_size=max(1, math.ceil(counts[part] / n_shards)),
+                            seed=seed, progress=False)
+        build(lambda train, keep=keep: index_shards(shards, split, keep, train), opts)
+    write_json(done, record | counts)
+    return out
