@@ -45,7 +45,7 @@ def run_command(prog: str, spec: str, args: argparse.Namespace) -> int:
     try:
         return int(_target(spec)(args) or 0)
     except LiftError as e:
-        msg = f"{prog}: error: {one_line(e)}"
+        msg = f"{prog}: {getattr(e, 'label', 'error')}: {one_line(e)}"
         print(msg, file=sys.stderr, flush=True)
         report_failure(msg)
         return getattr(e, "exit_code", EXIT_USER_ERROR)

@@ -26,7 +26,7 @@ from lift_dist.peft import REGISTRY as PEFT_REGISTRY
 from lift_dist.peft import check_configs, make_configs
 from lift_dist.peft.base import BottleneckR, LayerSpec
 from lift_dist.presets import RECIPES, available_presets, preset_layers
-from lift_dist.transforms import AUGMENTATIONS, INTERPOLATIONS, MDA_SCHEDULES, TTE_MODES
+from lift_dist.transform_names import AUGMENTATIONS, INTERPOLATION_NAMES, MDA_SCHEDULES, TTE_MODES
 from lift_dist.validation import Strict, validate
 
 SECTIONS = ("model", "data", "optim")
@@ -119,7 +119,7 @@ class DataConfig(Strict):
     train_split: SplitName = "train"
     eval_split: SplitName = "test"
     resolution: Positive | None = None  # None: the model's image size
-    interpolation: Literal[tuple(INTERPOLATIONS)] = "bilinear"  # LIFT: bilinear; LIFT+: bicubic
+    interpolation: Literal[INTERPOLATION_NAMES] = "bilinear"  # LIFT: bilinear; LIFT+: bicubic
     augment: Literal[AUGMENTATIONS] = "lift"  # lift (RandomResizedCrop + flip) | mda (LIFT+) | none
     mda_schedule: Literal[MDA_SCHEDULES] = "convex"
     workers: NonNegative = 2  # data-loader processes per rank

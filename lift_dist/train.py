@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lift_dist.config import config_yaml, load_config
-from lift_dist.engine.trainer import train
+from lift_dist.engine.preflight import preflight
 
 SHORTCUTS = {
     "shards": "data.shards", "out": "out", "resume": "resume", "model": "model.name", "pretrained": "model.pretrained",
@@ -25,7 +25,12 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(config_yaml(cfg), end="")
         return 0
-    train(cfg)
+    plan = preflight(cfg)
+    # The trainer (DeepSpeed, open_clip, TensorBoard: seconds of imports) only once settings, data and
+    # run directory have passed their checks, so that a bad input is reported at once.
+    from lift_dist.engine.trainer import train_plan  # noqa: PLC0415
+
+    train_plan(plan)
     return 0
 
 

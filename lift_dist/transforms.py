@@ -28,14 +28,13 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from lift_dist.errors import ConfigError, DataError, choices
+from lift_dist.transform_names import AUGMENTATIONS, INTERPOLATION_NAMES, MDA_SCHEDULES, TTE_MODES  # noqa: F401
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
-MDA_SCHEDULES = ("convex", "linear", "concave", "min", "max")
-TTE_MODES = ("fivecrop", "tencrop")
-AUGMENTATIONS = ("lift", "mda", "none")  # LIFT RandomResizedCrop + flip | LIFT+ minimalist | eval transform
+assert tuple(INTERPOLATIONS) == INTERPOLATION_NAMES
 MDA_BASE_MIN_SCALE = 0.08  # torchvision RandomResizedCrop's default lower scale
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lift_dist.errors import ConfigError
@@ -14,12 +16,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, validate_default=True)
 
 
+_TYPE_TAG = re.compile(r"^([\w-]+\[.*\]|str|int|float|bool|list|dict|tuple|none)$")  # union members in a loc
+
+
 def _key(prefix: str, loc: tuple) -> str:
     parts = [prefix] if prefix else []
     for p in loc:
         if isinstance(p, int):
             parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
-        elif not str(p).startswith(("function-", "literal[", "list[", "tuple[", "union[", "str", "int", "float", "bool")):
+        elif not _TYPE_TAG.match(str(p)):
             parts.append(str(p))
     return ".".join(parts)
 

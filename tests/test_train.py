@@ -1,43 +1,50 @@
 """Distributed training end to end with real torchrun + DeepSpeed (gloo) processes on CPU."""
 
+import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
+from support.runs import REPO, TINY, latest_checkpoint, latest_weights, run_cli, run_env, run_torchrun, torchrun_cmd
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_env, run_torchrun, torchrun_cmd
-from lift_dist.config import load_config
+from lift_dist.config import ModelConfig, load_config
+from lift_dist.data import pipeline
 from lift_dist.data.manifest import read_manifest
-from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch
-from lift_dist.model.lift_model import ModelConfig, build_model
-
-TINY = [
-    "--model", "tiny", "--device", "cpu", "--workers", "1",
-    "--set", "model.pretrained=null", "--set", "data.tte_expand=8", "--set", "data.shuffle_buffer=50",
-]
-
-
-def latest_weights(run: Path) -> dict:
-    name = (run / "checkpoints" / "latest").read_text().strip()
-    return load_file(str(run / "checkpoints" / name / "trainable.safetensors"))
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, decode_sample, make_loader, rebatch
+from lift_dist.engine.distributed import DistInfo
+from lift_dist.engine.head_setup import init_head
+from lift_dist.errors import DataError
+from lift_dist.head_init import class_mean_weights, semantic_weights
+from lift_dist.model.backbone import get_tokenizer
+from lift_dist.model.lift_model import build_model
+from lift_dist.shards import build_image_folder
+from lift_dist.shards.synthetic import photo_jpegs
+from lift_dist.synthetic import write_image_folder
+from lift_dist.transforms import eval_transform
 
 
 @pytest.mark.slow
 def test_two_rank_run_end_to_end(demo_shards, tmp_path):
     run = tmp_path / "run"
-    run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "2", "--batch-size", "16", *TINY,
-                 "--set", "optim.lr=0.05", "--set", "profile_phases=true")
+    run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "3", "--batch-size", "16", *TINY,
+                 "--set", "optim.lr=0.05", "--set", "profile_phases=true", "--set", "eval_every_epochs=1")
     metrics = json.loads((run / "metrics.json").read_text())
     for key in ("overall", "mean_class", "head", "medium", "tail", "epochs", "trainable_params"):
         assert key in metrics
-    assert metrics["epochs"] == 2 and metrics["world_size"] == 2 and metrics["with_tte"] is True and metrics["tte"]["overall"] == metrics["overall"]
+    assert metrics["epochs"] == 3 and metrics["world_size"] == 2 and metrics["with_tte"] is True
+    assert metrics["tte"]["overall"] == metrics["overall"]
     assert metrics["eval_samples"] == 60  # every test image evaluated exactly once across the 2 ranks
     assert 0.0 <= metrics["overall"] <= 1.0
     # Checkpoints hold exactly the trainable tensors (module + head), nothing frozen.
@@ -49,9 +56,14 @@ def test_two_rank_run_end_to_end(demo_shards, tmp_path):
     assert sum(v.numel() for v in saved.values()) == metrics["trainable_params"]
     assert (run / "config.yaml").is_file() and (run / "per_class.parquet").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2]
+    history = _history(run)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
     assert sum(read_manifest(demo_shards, "train").shard_samples) == history[0]["samples"]
+    # Mid-run evaluations read the test split, and say so (not "val"): in history.jsonl and TensorBoard.
+    assert [h.get("eval_split") for h in history] == ["test", "test", None] and "eval" in history[0]
+    events = EventAccumulator(str(next((run / "tensorboard").glob("events.out.tfevents.*")))).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"test/overall", "test/tail", "train/loss", "train/epoch_loss"} <= tags and not any(t.startswith("val/") for t in tags)
     # profile_phases: the step's time split, with DeepSpeed's gradient all-reduce timed apart from backward.
     for h in history:
         t = h["phases_s"]
@@ -94,13 +106,10 @@ def test_exact_epoch_mode_sees_every_sample_once(demo_shards):
 def test_two_ranks_match_one_rank_with_double_batch(tmp_path):
     """One optimizer step on 2 ranks × batch b = 1 rank × batch 2b (and 1 rank × b with 2 accumulation
     steps) on the same 2b samples."""
-    from lift_dist.shards import build_image_folder
-    from lift_dist.synthetic import write_image_folder
-
     b = 6
     write_image_folder(tmp_path / "img", [b, b], size=40, seed=5)
     shards = tmp_path / "shards"
-    build_image_folder(tmp_path / "img", shards, "train", shard_size=b, seed=0)  # 2 shards of b samples
+    build_image_folder(tmp_path / "img", shards, "train", shard_size=b, seed=0, progress=False)  # 2 shards of b samples
     build_image_folder(tmp_path / "img", shards, "test", train_counts_from=shards, shard_size=b, seed=0)
     assert read_manifest(shards, "train").shard_samples == [b, b]
     common = ["--shards", str(shards), "--epochs", "1", *TINY, "--workers", "0", "--set", "max_steps=1",
@@ -134,65 +143,125 @@ def test_allreduce_bytes_equal_trainable_size(demo_shards, tmp_path):
     assert grad_bytes == 3 * 4 * metrics["trainable_params"]  # fp32 gradients of trainable tensors only
 
 
-@pytest.mark.slow
-def test_sigkill_and_resume_gives_the_same_final_metrics(demo_shards, tmp_path):
-    args = ["--shards", str(demo_shards), "--epochs", "2", "--batch-size", "8", *TINY,
-            "--set", "checkpoint_every_steps=2", "--set", "keep_checkpoints=10", "--set", "deterministic=true"]
-    run_torchrun(2, *args, "--out", str(tmp_path / "full"))
-    full_metrics = json.loads((tmp_path / "full" / "metrics.json").read_text())
+RESUME_ARGS = ["--epochs", "2", "--batch-size", "8", *TINY, "--set", "checkpoint_every_steps=2",
+               "--set", "keep_checkpoints=10", "--set", "deterministic=true"]
 
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(torchrun_cmd(2, *args, "--out", str(killed)), env=run_env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # Kill everything (launcher and ranks) once a mid-epoch checkpoint exists.
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("full") / "run"
+    run_torchrun(2, "--shards", str(demo_shards), *RESUME_ARGS, "--out", str(run))
+    return run
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def _interrupt_and_resume(demo_shards, run: Path, stop) -> None:
+    """Start the 2-rank run, stop it with `stop(proc)` once a mid-epoch checkpoint exists, resume it."""
+    proc = subprocess.Popen(torchrun_cmd(2, "--shards", str(demo_shards), *RESUME_ARGS, "--out", str(run)), env=run_env(),
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not list((killed / "checkpoints").glob("step-00000004")):
+    while time.time() < deadline and not list((run / "checkpoints").glob("step-00000004")):
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (killed / "metrics.json").exists()
-    state = json.loads((killed / "checkpoints" / (killed / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
-    assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # killed mid-epoch
+    stop(proc)
+    proc.wait(timeout=120)
+    deadline = time.time() + 120  # ranks that outlived torchrun checkpoint and exit on their own first
+    while time.time() < deadline and (run / "lock").exists():
+        time.sleep(0.2)
+    assert not (run / "metrics.json").exists()
+    state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+    assert state["epoch"] == 0 and state["step_in_epoch"] > 0  # stopped mid-epoch
+    run_torchrun(2, "--shards", str(demo_shards), *RESUME_ARGS, "--out", str(run), "--resume", "latest")
 
-    run_torchrun(2, *args, "--out", str(killed), "--resume", "latest")
-    resumed_metrics = json.loads((killed / "metrics.json").read_text())
+
+def _same_run(a: Path, b: Path) -> None:
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     for k in ("overall", "mean_class", "head", "medium", "tail"):
-        assert resumed_metrics[k] == full_metrics[k], k
-    a, b = latest_weights(tmp_path / "full"), latest_weights(killed)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+        assert ma[k] == mb[k], k
+    wa, wb = latest_weights(a), latest_weights(b)
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0)
+    # The interrupted epoch's loss is averaged over all its steps, before and after the resume.
+    ha, hb = _history(a), _history(b)
+    assert [h["epoch"] for h in hb] == [1, 2] and [h["samples"] for h in hb] == [h["samples"] for h in ha]
+    assert [h["loss"] for h in hb] == pytest.approx([h["loss"] for h in ha], rel=1e-6)
 
 
-def test_config_errors_are_clear(demo_shards, tmp_path):
-    # Missing and empty shard directories, without a traceback.
-    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY],
-                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+@pytest.mark.slow
+def test_sigkill_and_resume_gives_the_same_run(demo_shards, tmp_path, uninterrupted):
+    _interrupt_and_resume(demo_shards, tmp_path / "killed", lambda proc: os.killpg(proc.pid, signal.SIGKILL))
+    _same_run(uninterrupted, tmp_path / "killed")
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_at_once_and_resume_gives_the_same_run(demo_shards, tmp_path, uninterrupted):
+    """SIGTERM (Slurm's preemption and time-limit signal) to every process: the ranks agree on the step,
+    write a checkpoint there and exit; nothing of the epoch is redone."""
+    run = tmp_path / "term"
+    _interrupt_and_resume(demo_shards, run, lambda proc: os.killpg(proc.pid, signal.SIGTERM))
+    assert "stopped by SIGTERM at epoch 1" in (run / "log.txt").read_text()
+    _same_run(uninterrupted, run)
+
+
+@pytest.mark.slow
+def test_ranks_stop_when_torchrun_dies(demo_shards, tmp_path):
+    run = tmp_path / "orphans"
+    proc = subprocess.Popen(torchrun_cmd(2, "--shards", str(demo_shards), "--out", str(run), *TINY, "--epochs", "50",
+                                         "--batch-size", "8", "--set", "data.tte=false"),
+                            env=run_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((run / "log.txt").is_file() and "epoch 1/50" in (run / "log.txt").read_text()):
+        time.sleep(0.2)
+    ranks = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(ranks) == 2
+    proc.kill()  # SIGKILL: torchrun cannot pass anything on
+    proc.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in ranks), "ranks kept training without their launcher"
+    assert "stopped by SIGTERM" in (run / "log.txt").read_text()  # they checkpointed on the way out
+
+
+@pytest.mark.slow
+def test_no_deepspeed_op_is_built_on_cpu_even_with_a_stale_lock(demo_shards, tmp_path):
+    """DeepSpeed's CPU shared-memory op used to be JIT-compiled into ~/.cache/torch_extensions at the first
+    start; a build killed midway left a lock every later run waited on for ever."""
+    ext = tmp_path / "torch_extensions"
+    for d in (ext / "deepspeed_shm_comm", ext / "py311_cu130" / "deepspeed_shm_comm"):
+        d.mkdir(parents=True)
+        (d / "lock").write_text("")  # as a killed build leaves it
+    run_torchrun(2, "--shards", str(demo_shards), "--out", str(tmp_path / "run"), *TINY, "--epochs", "1", "--batch-size", "16",
+                 "--set", "data.tte=false", timeout=180, env=run_env(TORCH_EXTENSIONS_DIR=str(ext)))
+    assert not list(ext.rglob("*.so")) and not list(ext.rglob("build.ninja"))
+
+
+def test_config_and_data_errors_are_clear(demo_shards, tmp_path):
+    p = run_cli("train", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and f"shard directory {tmp_path / 'nope'} does not exist" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "empty").mkdir()
-    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *TINY],
-                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    p = run_cli("train", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and "holds no shard manifests at all" in p.stderr
     # Global batch not divisible by world × micro-batch.
-    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
-                        "--batch-size", "10", "--set", "optim.micro_batch_size=4"], capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    p = run_cli("train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY, "--batch-size", "10",
+                "--set", "optim.micro_batch_size=4")
     assert p.returncode == 2 and "optim.batch_size=10 is not divisible by world size 1 × micro-batch 4" in p.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_manifest_shard_mismatch_is_named(demo_shards, tmp_path):
-    import shutil
-
     bad = tmp_path / "bad"
     shutil.copytree(demo_shards, bad)
     victim = sorted(bad.glob("train-*.tar"))[0]
     victim.unlink()
-    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY],
-                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    p = run_cli("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and "shard(s) that do not exist" in p.stderr and victim.name in p.stderr
     # A shard replaced after the build (other size than listed) stops the run at start-up, named.
     shutil.copy(demo_shards / victim.name, victim)
     victim.write_bytes(victim.read_bytes()[:-10240])  # truncated: the tar's end blocks are gone
-    p = subprocess.run(["python", "-m", "lift_dist.train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY],
-                       capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    p = run_cli("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and f"shard {victim} is" in p.stderr and "bytes but its manifest says" in p.stderr, p.stderr
 
 
@@ -204,7 +273,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_shards, tmp_path):
                         "--set", "checkpoint_every_steps=1", check=False)
     out = proc.stderr + proc.stdout
     assert proc.returncode != 0
-    stop = re.search(r"(loss became NaN/inf at epoch \d+, step (\d+)|weights became NaN/inf in optimizer step (\d+))", out)
+    stop = re.search(r"(loss|weights) became NaN/inf (at|in the optimizer step at) epoch \d+, step (\d+)", out)
     assert stop, out[-3000:]
     assert not (run / "metrics.json").exists()
     # The checkpoint it names is really good: written before the failing step, every tensor finite.
@@ -212,7 +281,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_shards, tmp_path):
     assert named or "no checkpoint was written before it" in out
     if named:
         ckpt = Path(named.group(1))
-        failed_step = int(stop.group(2) or stop.group(3))
+        failed_step = int(stop.group(3))
         assert int(ckpt.name.split("-")[1]) < failed_step
         assert all(torch.isfinite(t).all() for t in load_file(str(ckpt / "trainable.safetensors")).values())
 
@@ -225,8 +294,8 @@ def test_zero1_matches_zero0_and_resumes_exactly(demo_shards, tmp_path):
     run_torchrun(2, *args, "--out", str(tmp_path / "z0"), "--set", "optim.zero_stage=0")
     run_torchrun(2, *args, "--out", str(tmp_path / "z1"), "--set", "optim.zero_stage=1")
     run_torchrun(2, *args, "--out", str(tmp_path / "r1"), "--set", "optim.zero_stage=1", "--set", "max_steps=9")
-    ckpt = tmp_path / "r1" / "checkpoints" / (tmp_path / "r1" / "checkpoints" / "latest").read_text().strip()
-    assert sorted(p.name for p in ckpt.glob("optimizer-rank*.pt")) == ["optimizer-rank0.pt", "optimizer-rank1.pt"]
+    ckpt = latest_checkpoint(tmp_path / "r1")
+    assert sorted(p.name for p in ckpt.glob("optimizer-rank*.json")) == ["optimizer-rank0.json", "optimizer-rank1.json"]
     run_torchrun(2, *args, "--out", str(tmp_path / "r1"), "--set", "optim.zero_stage=1", "--resume", "latest")
     w0, w1, wr = (latest_weights(tmp_path / n) for n in ("z0", "z1", "r1"))
     for k in w0:
@@ -240,7 +309,7 @@ def test_resampled_epochs_and_too_few_shards(demo_shards, tmp_path):
     run_torchrun(2, "--shards", str(demo_shards), "--out", str(run), "--epochs", "2", "--batch-size", "16", *TINY,
                  "--set", "data.epoch_mode=resampled", "--set", "data.tte=false")
     n = read_manifest(demo_shards, "train").num_samples
-    history = [json.loads(l) for l in (run / "history.jsonl").read_text().splitlines()]
+    history = _history(run)
     # Each rank draws ceil(N / world) samples per epoch (shards with replacement).
     assert [h["samples"] for h in history] == [2 * -(-n // 2)] * 2
     # 6 training shards cannot feed 2 ranks × 4 workers: a clear message instead of a hang.
@@ -253,18 +322,11 @@ def test_resampled_epochs_and_too_few_shards(demo_shards, tmp_path):
 def test_class_mean_and_semantic_head_init_in_the_trainer(demo_shards):
     """The trainer's distributed class-mean init (sums + counts, up to 100 images per class) equals
     head_init.class_mean_weights on the same features; semantic init equals semantic_weights."""
-    from lift_dist.data.pipeline import FixedEpoch
-    from lift_dist.engine.distributed import DistInfo
-    from lift_dist.engine.trainer import init_head
-    from lift_dist.head_init import class_mean_weights, semantic_weights
-    from lift_dist.model.backbone import get_tokenizer
-    from lift_dist.transforms import eval_transform
-
     cfg = load_config(None, None, ["model.name=tiny", "model.pretrained=null", "model.head_init=class_mean"])
     m = read_manifest(demo_shards, "train")
     model, clip = build_model(cfg.model, m.num_classes)
     info = DistInfo(0, 1, 0, torch.device("cpu"), "gloo", "single")
-    init_head(model, clip, cfg, info, m.class_names, m, 64)
+    init_head(model, clip, cfg, info, m, 64)
     stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), eval_transform(64),
                          train=False, num_classes=m.num_classes)
     xs, ys = zip(*[(x, y) for x, y, _ in rebatch(iter(make_loader(stream, 0)), 64)])
@@ -274,18 +336,12 @@ def test_class_mean_and_semantic_head_init_in_the_trainer(demo_shards):
     torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-5, rtol=1e-4)
 
     cfg.model.head_init = "semantic"
-    init_head(model, clip, cfg, info, m.class_names, m, 64)
+    init_head(model, clip, cfg, info, m, 64)
     expected = semantic_weights(clip, get_tokenizer("tiny"), m.class_names)
     torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-6, rtol=1e-5)
 
 
 def test_jpeg_draft_decoding_keeps_enough_pixels():
-    import io
-
-    from PIL import Image
-
-    from lift_dist.data.pipeline import decode_sample
-
     buf = io.BytesIO()
     Image.new("RGB", (800, 600), (120, 30, 200)).save(buf, "JPEG")
     sample = {"__key__": "k", "jpg": buf.getvalue(), "cls": b"3"}
@@ -302,16 +358,6 @@ def test_jpeg_draft_decoding_keeps_enough_pixels():
 def test_tensor_decoding_equals_pil(monkeypatch):
     """The training stream decodes JPEGs with TorchCodec (libjpeg-turbo, like PIL): same pixels for
     every JPEG flavour, draft mode where it helps, and corrupt bytes named."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    from lift_dist.data import pipeline
-    from lift_dist.data.pipeline import decode_sample
-    from lift_dist.errors import DataError
-    from lift_dist.shards.synthetic import photo_jpegs
-
     calls = []  # which images reach the tensor JPEG decoder (the others go through PIL)
     decoder = pipeline._jpeg_decoder()
     monkeypatch.setattr(pipeline, "_decode_jpeg", lambda data: calls.append(len(data)) or decoder(data))
@@ -346,8 +392,6 @@ def test_tensor_decoding_equals_pil(monkeypatch):
         decode_sample({"__key__": "t", "jpg": variants["baseline"][:2000], "cls": b"0"}, 2, as_tensor=True)
 
     # Without TorchCodec, torchvision's decoder takes over with the same pixels.
-    import sys
-
     monkeypatch.setitem(sys.modules, "torchcodec", None)
     fallback = pipeline._jpeg_decoder()
     for data in variants.values():

@@ -15,10 +15,14 @@ trainer pads the shorter ranks with zero-weight batches so all ranks take the sa
 
 from __future__ import annotations
 
+import atexit
 import io
 import math
+import multiprocessing
+import os
 import random
 import re
+import signal
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -68,17 +72,6 @@ class FixedEpoch:
 
     def get(self) -> int:
         return self.value
-
-
-def check_shard_count(manifest: Manifest, world: int, workers: int, what: str) -> None:
-    n = len(manifest.shard_files)
-    if n < world * max(1, workers):
-        raise DataError(
-            f"{what}: {manifest.root} has {n} '{manifest.split}' shard(s) but {world} rank(s) × "
-            f"{max(1, workers)} data worker(s) need at least {world * max(1, workers)}: every worker "
-            f"must read at least one shard. Use fewer workers (data.workers) or rebuild the shards "
-            f"smaller (shards/build.py --shard-size)."
-        )
 
 
 def _jpeg_decoder():
@@ -248,6 +241,30 @@ def rebatch(chunks: Iterator[tuple], batch_size: int) -> Iterator[tuple[torch.Te
         yield torch.cat(imgs), torch.cat(labels), keys
 
 
+class WorkerSignals:
+    """Slurm (and `kill -TERM -PGID`) signal every process of a job at once: a loader worker that died of
+    that SIGTERM would crash the trainer before it could write its stop checkpoint. So a worker ignores
+    SIGTERM while its main process carries on, and exits on it once the main process is exiting
+    (multiprocessing's exit handler terminates daemonic workers with SIGTERM too). SIGINT is left to the
+    main process."""
+
+    def __init__(self):
+        # lock=False: a raw shared byte travels to fork, spawn and forkserver workers alike.
+        self.main_exiting = multiprocessing.Value("b", 0, lock=False)
+        atexit.register(self.exiting)  # runs before multiprocessing's own exit handler (registered earlier)
+
+    def exiting(self) -> None:
+        self.main_exiting.value = 1
+
+    def __call__(self, worker_id: int) -> None:  # DataLoader's worker_init_fn
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self.main_exiting.value:
+            os._exit(0)
+
+
 def make_loader(stream: ShardStream, workers: int) -> DataLoader:
     return DataLoader(
         stream,
@@ -256,6 +273,7 @@ def make_loader(stream: ShardStream, workers: int) -> DataLoader:
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=WorkerSignals() if workers > 0 else None,
     )
 
 

@@ -13,7 +13,10 @@ directory and rewrites `latest` (renames are atomic), so a crash never leaves a 
 complete. A checkpoint is used only when every file matches its manifest; with `resume=latest` a
 damaged newest checkpoint gives way, with a note, to the newest complete one. Pruning removes only
 older checkpoints of the same run (run id), never the one `latest` names.
-Checkpoints of lift-dist 0.1 (pickled optimizer/RNG files) are refused with the reason.
+Checkpoints of lift-dist 0.1 (no manifest, optimizer-rank{r}.pt, rng-rank{r}.pt) still resume: their
+optimizer state is read with `torch.load(weights_only=True)` (tensors and plain values only, never
+code) and their pickled RNG files are not read at all (augmentation is seeded per sample, so the data
+order does not depend on them).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from lift_dist.run_dir import RunDir, write_atomic
 FORMAT = 2
 LATEST = "latest"
 TRAINABLE, STATE, MANIFEST = "trainable.safetensors", "state.json", "manifest.json"
+LEGACY_OPTIMIZER = "optimizer-rank0.pt"
 
 
 def dir_name(step: int) -> str:
@@ -82,6 +86,7 @@ def set_rng_state(state: dict) -> None:
 class Checkpoint:
     path: Path
     state: dict
+    legacy: bool = False  # written by lift-dist 0.1
 
     @property
     def step(self) -> int:
@@ -93,10 +98,8 @@ def verify(path: Path) -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"checkpoint {path} does not exist")
-    if (path / "optimizer-rank0.pt").is_file() and not (path / MANIFEST).is_file():
-        raise DataError(f"{path} was written by lift-dist 0.1, whose optimizer and RNG files are pickles; lift-dist no "
-                        f"longer unpickles checkpoints. Its weights ({path / TRAINABLE}) still load for predict; start a "
-                        "new run directory to train")
+    if (path / LEGACY_OPTIMIZER).is_file() and not (path / MANIFEST).is_file():
+        return _legacy(path)
     manifest_file = path / MANIFEST
     try:
         manifest = json.loads(manifest_file.read_text())
@@ -118,6 +121,24 @@ def verify(path: Path) -> Checkpoint:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path / STATE} is not a lift-dist checkpoint state of format {FORMAT}")
     return Checkpoint(path, state)
+
+
+def _legacy(path: Path) -> Checkpoint:
+    for name in (TRAINABLE, STATE):
+        if not (path / name).is_file():
+            raise DataError(f"{path / name} is missing: the checkpoint is incomplete")
+    try:
+        state = json.loads((path / STATE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path / STATE} is not readable JSON ({e})") from None
+    return Checkpoint(path, state, legacy=True)
+
+
+def _legacy_optimizer_state(f: Path):
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses anything but tensors and plain values
+        raise DataError(f"{f} cannot be read as data only ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
 
 
 def candidates(run: RunDir) -> list[Path]:
@@ -161,18 +182,9 @@ def resolve(run: RunDir, resume: str, log=print) -> Checkpoint | None:
 
 
 def weights_path(run: RunDir, which: str | None = None) -> Path:
-    """The checkpoint whose weights inference uses: `which` (a directory) or the run's latest complete
-    one. Checkpoints of lift-dist 0.1 (no manifest) are accepted here: only their safetensors are read."""
+    """The checkpoint whose weights inference uses: `which` (a directory) or the run's latest complete one."""
     if which:
-        path = Path(which)
-        if (path / MANIFEST).is_file():
-            verify(path)
-        elif not (path / TRAINABLE).is_file():
-            raise DataError(f"{path} is not a lift-dist checkpoint (no {TRAINABLE})")
-        return path
-    named = latest_name(run)
-    if named and (run.checkpoints / named / TRAINABLE).is_file() and not (run.checkpoints / named / MANIFEST).is_file():
-        return run.checkpoints / named  # lift-dist 0.1
+        return verify(Path(which)).path
     ckpt = resolve(run, LATEST, log=lambda msg: None)
     if ckpt is None:
         raise DataError(f"{run.path} has no checkpoint yet")
@@ -251,16 +263,18 @@ class Checkpointer:
         path = ckpt.path
         model.load_trainable_state_dict(load_trainable(path), source=str(path))
         stem = path / f"optimizer-rank{self.rank if self.zero_stage > 0 else 0}"
-        if not stem.with_name(stem.name + ".json").is_file():
+        if ckpt.legacy:
+            sd = _legacy_optimizer_state(stem.with_name(stem.name + ".pt"))
+        elif not stem.with_name(stem.name + ".json").is_file():
             raise DataError(f"{stem}.json is missing: the checkpoint was written with another world size or ZeRO stage")
-        current = optimizer.state_dict()
-        sd = load_state(stem, like=current)
+        else:
+            sd = load_state(stem, like=optimizer.state_dict())
         if self.zero_stage > 0:
             optimizer.load_state_dict([sd if r == self.rank else None for r in range(self.world)])
         else:
             optimizer.load_state_dict(sd)
         rank_file = path / f"rank-{self.rank}"
-        if not rank_file.with_name(rank_file.name + ".json").is_file():
+        if ckpt.legacy or not rank_file.with_name(rank_file.name + ".json").is_file():
             return {}  # a checkpoint of a run with fewer ranks: this rank starts its RNG afresh
         saved = load_state(rank_file)
         set_rng_state(saved.pop("rng"))

@@ -3,20 +3,12 @@ installed, Weights & Biases. Only rank 0 writes; on other ranks every call does 
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from lift_dist.errors import ConfigError
 from lift_dist.run_dir import RunDir
-
-
-def check_wandb(project: str | None) -> None:
-    if project:
-        if importlib.util.find_spec("wandb") is None:
-            raise ConfigError(f"wandb_project={project!r} needs the wandb package: pip install wandb (or leave it unset)")
 
 
 class MetricsLogger:
@@ -56,8 +48,10 @@ class MetricsLogger:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+            self.tensorboard = None
         if self.wandb is not None:
             self.wandb.finish()
+            self.wandb = None
 
 
 def _flatten(values: dict, prefix: str) -> dict[str, float]:

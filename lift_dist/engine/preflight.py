@@ -9,6 +9,7 @@ the trainer then builds from.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,10 +17,8 @@ from pathlib import Path
 
 from lift_dist.config import RunConfig
 from lift_dist.data.manifest import Manifest, read_manifest
-from lift_dist.data.pipeline import check_shard_count
 from lift_dist.engine import checkpoint
 from lift_dist.engine.launcher_env import detect
-from lift_dist.engine.logger import check_wandb
 from lift_dist.errors import ConfigError, DataError, RunDirError
 from lift_dist.losses import build_loss
 from lift_dist.run_dir import RunDir, launch_id
@@ -50,6 +49,17 @@ def batch_layout(cfg: RunConfig, world: int) -> tuple[int, int]:
             f"global batch optim.batch_size={b} is not divisible by world size {world} × micro-batch "
             f"{micro} = {micro * world}; choose optim.batch_size or optim.micro_batch_size so that it is")
     return micro, b // (micro * world)
+
+
+def check_shard_count(manifest: Manifest, world: int, workers: int, what: str) -> None:
+    n = len(manifest.shard_files)
+    if n < world * max(1, workers):
+        raise DataError(
+            f"{what}: {manifest.root} has {n} '{manifest.split}' shard(s) but {world} rank(s) × "
+            f"{max(1, workers)} data worker(s) need at least {world * max(1, workers)}: every worker "
+            f"must read at least one shard. Use fewer workers (data.workers) or rebuild the shards "
+            f"smaller (lift-dist shards ... --shard-size)."
+        )
 
 
 def read_data(cfg: RunConfig, world: int) -> tuple[Manifest, Manifest]:
@@ -131,6 +141,11 @@ def check_run_dir(cfg: RunConfig, run: RunDir, signature: dict, launch: str, not
         raise RunDirError(f"{run.path} already holds checkpoints of a run (e.g. {existing[0].name}): continue it with "
                           "--resume latest, or start a new run with another --out")
     return None
+
+
+def check_wandb(project: str | None) -> None:
+    if project and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(f"wandb_project={project!r} needs the wandb package: pip install wandb (or leave it unset)")
 
 
 def preflight(cfg: RunConfig) -> Plan:

@@ -103,4 +103,4 @@ class TrainData:
         return engine(normalize_uint8(x))  # autocast (bf16) is applied by the engine (deepspeed_config)
 
     def close(self) -> None:
-        self.loader = None  # stops the persistent loader workers
+        self.loader = None  # the last reference: PyTorch shuts the persistent workers down

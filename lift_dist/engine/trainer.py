@@ -39,11 +39,14 @@ from lift_dist.run_dir import summary_metrics, write_json
 
 
 class Stopped(LiftError):
-    """Training stopped on a signal after writing a checkpoint; `--resume latest` continues it."""
+    """Training stopped on a signal after writing a checkpoint; `--resume latest` continues it. The exit
+    status is the usual 128 + signal number."""
+
+    label = "stopped"
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
-        self.signum = signum
+        self.signum, self.exit_code = signum, 128 + signum
 
 
 @dataclass
@@ -65,9 +68,12 @@ class EpochMeter:
 
 
 def train(cfg: RunConfig) -> dict:
-    plan = preflight(cfg)  # before the process group, the model or any file
+    return train_plan(preflight(cfg))  # every check before the process group, the model or any file
+
+
+def train_plan(plan: Plan) -> dict:
     die_with_parent()
-    info = setup(cfg.device)
+    info = setup(plan.cfg.device)
     lock = plan.run.lock(plan.launch)
     try:
         if info.is_main:
@@ -143,18 +149,23 @@ class Trainer:
     # ---- the loop ----------------------------------------------------------------------------------
     def fit(self) -> dict:
         self.build()
-        self.resume()
-        self._banner()
-        t_start = time.time()
-        for epoch in range(self.progress.epoch, self.cfg.optim.epochs):
-            completed = self.train_epoch(epoch)
-            if self.guard.stop_agreed:
-                self._stop_on_signal()
-            self.save_checkpoint(completed)
-            self.end_epoch(epoch, completed)
-            if not completed:
-                break  # max_steps
-        return self.finish(time.time() - t_start)
+        try:
+            self.resume()
+            self._banner()
+            t_start = time.time()
+            for epoch in range(self.progress.epoch, self.cfg.optim.epochs):
+                completed = self.train_epoch(epoch)
+                if self.guard.stop_agreed:
+                    self._stop_on_signal()
+                self.save_checkpoint(completed)
+                self.end_epoch(epoch, completed)
+                if not completed:
+                    break  # max_steps
+            return self.finish(time.time() - t_start)
+        finally:  # loader workers end now, not at interpreter exit
+            self.data.close()
+            self.log.close()
+            self.stop.uninstall()
 
     def train_epoch(self, epoch: int) -> bool:
         """Train one epoch from the current progress; False when it ended early (max_steps or a stop)."""
@@ -164,14 +175,16 @@ class Trainer:
         batches = self.data.batches(epoch, skip_steps=self.progress.step)
         bar = self.log.progress_bar(n_steps, self.progress.step, f"epoch {epoch + 1}/{self.cfg.optim.epochs}")
         t0 = time.time() - self.meter.elapsed_s
-        while self.progress.step < n_steps:
-            self.train_step(epoch, batches)
-            self._after_step(bar, t0, n_steps)
-            if self.guard.stop_agreed or (self.cfg.max_steps and self.progress.global_step >= self.cfg.max_steps):
-                break
-        batches.close()
-        if bar is not None:
-            bar.close()
+        try:
+            while self.progress.step < n_steps:
+                self.train_step(epoch, batches)
+                self._after_step(bar, t0, n_steps)
+                if self.guard.stop_agreed or (self.cfg.max_steps and self.progress.global_step >= self.cfg.max_steps):
+                    break
+        finally:  # also on an error: the bar's line is cleared before the error is printed
+            batches.close()
+            if bar is not None:
+                bar.close()
         self.meter.elapsed_s = time.time() - t0
         return self.progress.step >= n_steps
 
@@ -189,10 +202,10 @@ class Trainer:
                 self.meter.loss_sum += float(loss) * batch.real
                 self.meter.loss_n += batch.real
             self.meter.seen += batch.real
-        self.progress.step += 1
-        self.progress.global_step += 1
         for h in self.hooks:
             h.optimizer_step_end()
+        self.progress.step += 1
+        self.progress.global_step += 1
 
     def forward_backward_step(self, batch: Batch, n_step: int) -> torch.Tensor:
         """Loss of one micro-batch (weighted so that the step's gradient is the mean over its real
@@ -246,7 +259,7 @@ class Trainer:
         name = self.stop.name() or "SIGTERM"
         self.log.info(f"stopped by {name} at epoch {self.progress.epoch + 1}, step {self.progress.step}: checkpoint "
                       f"{self.guard.last_good} written; continue with --resume latest")
-        raise Stopped(f"stopped by {name}; checkpoint {self.guard.last_good} written, continue with --resume latest",
+        raise Stopped(f"by {name}; checkpoint {self.guard.last_good} written, continue with --resume latest",
                       self.stop.signum or 15)
 
     def end_epoch(self, epoch: int, completed: bool) -> None:
@@ -293,8 +306,6 @@ class Trainer:
         self.log.scalars(final, self.progress.global_step, self.plan.eval.split)
         self.log.info(f"final {self.plan.eval.split} " + ("(TTE) " if self.cfg.data.tte else "") + ", ".join(
             f"{k} {100 * v:.2f}" if v is not None else f"{k} n/a" for k, v in final.items()))
-        self.log.close()
-        self.stop.uninstall()
         dist.barrier()
         return metrics
 

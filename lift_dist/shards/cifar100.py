@@ -53,12 +53,20 @@ def long_tail_counts(imbalance: float, img_max: int = IMG_MAX, num_classes: int 
     return [int(img_max * factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
 
 
-def long_tail_indices(targets: np.ndarray, imbalance: float) -> np.ndarray:
-    """Indices kept for CIFAR-100-LT, in LIFT's order (class by class)."""
+def long_tail_indices(targets: np.ndarray, imbalance: float, names: list[str] | None = None) -> np.ndarray:
+    """Indices kept for CIFAR-100-LT, in LIFT's order (class by class). A class with fewer images than
+    its long-tail count would silently flatten the profile (10 per class asked for ratio 100 gives 2):
+    that is an error naming the class."""
     rng = np.random.RandomState(0)  # = LIFT's np.random.seed(0), without touching the global RNG
     keep = []
-    for c, n_c in zip(np.unique(targets), long_tail_counts(imbalance, num_classes=len(np.unique(targets)))):
+    classes = np.unique(targets)
+    for c, n_c in zip(classes, long_tail_counts(imbalance, num_classes=len(classes))):
         idx = np.where(targets == c)[0]
+        if len(idx) < n_c:
+            name = names[int(c)] if names else str(int(c))
+            raise DataError(f"CIFAR-100-LT with imbalance ratio {imbalance:g} takes {n_c} training images of class {int(c)} "
+                            f"('{name}') but the archive has {len(idx)}: use the complete cifar-100-python.tar.gz "
+                            f"({IMG_MAX} per class), or --balanced to keep the archive as it is")
         rng.shuffle(idx)
         keep.append(idx[:n_c])
     return np.concatenate(keep) if keep else np.zeros(0, np.int64)
@@ -91,7 +99,7 @@ def index_cifar100(archive: str | os.PathLike, split: str, *, imbalance: float |
         raise DataError(f"{archive}: '{split}' labels fall outside 0..{len(names) - 1}")
     if train is not None:
         check_same_classes(names, train, f"{archive.name} (fine labels)")
-    keep = long_tail_indices(targets, imbalance) if split == "train" and imbalance is not None else np.arange(len(targets))
+    keep = long_tail_indices(targets, imbalance, names) if split == "train" and imbalance is not None else np.arange(len(targets))
     images = data.reshape(-1, 3, 32, 32)  # planar R, G, B rows
 
     def make_item(k: int) -> Item:

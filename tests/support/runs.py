@@ -1,0 +1,78 @@
+"""Running lift-dist as a user does: `python -m lift_dist ...` and torchrun, real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# The smallest training: built-in random `tiny` CLIP, CPU, one loader worker.
+TINY = ["--model", "tiny", "--device", "cpu", "--workers", "1", "--set", "model.pretrained=null",
+        "--set", "data.tte_expand=8", "--set", "data.shuffle_buffer=50"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+        env.pop(k, None)
+    return env | extra
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "lift_dist", *args]
+
+
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
+            f"--master-port={free_port()}", "-m", "lift_dist", "train", *args]
+
+
+def run_cli(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_cmd(*args), capture_output=True, text=True, env=env or run_env(), timeout=timeout, cwd=REPO)
+
+
+def timed_cli(*args: str, timeout: int = 120) -> tuple[subprocess.CompletedProcess, float]:
+    t0 = time.monotonic()
+    p = run_cli(*args, timeout=timeout)
+    return p, time.monotonic() - t0
+
+
+def run_torchrun(nproc: int, *args: str, timeout: int = 300, check: bool = True, env: dict | None = None):
+    proc = subprocess.run(torchrun_cmd(nproc, *args), capture_output=True, text=True, env=env or run_env(), timeout=timeout,
+                          cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def latest_checkpoint(run: Path) -> Path:
+    return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+
+
+def latest_weights(run: Path) -> dict:
+    return load_file(str(latest_checkpoint(run) / "trainable.safetensors"))
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file below `root` (to prove a command wrote nothing)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

@@ -1,0 +1,156 @@
+"""Checkpoints: data only (a planted pickle never runs), verified against their manifest, pruned only within
+their own run, and read back into the optimizer and RNG exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import random
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+from support.runs import free_port
+
+from lift_dist.config import load_config
+from lift_dist.engine import checkpoint
+from lift_dist.engine.checkpoint import Checkpointer
+from lift_dist.errors import DataError
+from lift_dist.model.lift_model import build_model
+from lift_dist.run_dir import RunDir
+
+
+class Evil:
+    """Unpickling this runs a shell command that leaves a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def tiny_model_and_optimizer():
+    cfg = load_config(None, None, ["model.name=tiny", "model.pretrained=null", "model.head_init=random"])
+    model, _ = build_model(cfg.model, 5)
+    params = [p for _, p in model.trainable_named_parameters()]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    loss = model(torch.randn(2, 3, 64, 64)).sum()
+    loss.backward()
+    opt.step()  # momentum buffers exist
+    return model, opt
+
+
+def save_one(run: RunDir, step: int, run_id: str = "mine", keep: int = 0):
+    model, opt = tiny_model_and_optimizer()
+    ck = Checkpointer(run, rank=0, world=1, zero_stage=0, keep=keep, run_id=run_id)
+    path = ck.save(step, model, opt, {"epoch": 0, "step_in_epoch": step, "global_step": step, "run": {}},
+                   {"meter": {"loss_sum": 1.5, "loss_n": 3}})
+    return path, model, opt
+
+
+def rewrite_manifest(path):
+    """What an attacker who can write the run directory also does: make the manifest match the files."""
+    m = json.loads((path / "manifest.json").read_text())
+    for name in m["files"]:
+        data = (path / name).read_bytes()
+        m["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_round_trip_restores_optimizer_rng_and_sums(tmp_path, process_group):
+    run = RunDir(tmp_path / "run")
+    torch.manual_seed(3)
+    np.random.seed(4)
+    random.seed(5)
+    path, model, opt = save_one(run, 7)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt = checkpoint.resolve(run, "latest")
+    assert ckpt.path == path and ckpt.step == 7 and not ckpt.legacy
+    model2, opt2 = tiny_model_and_optimizer()
+    saved = Checkpointer(run, 0, 1, 0, 0, "mine").load(ckpt, model2, opt2)
+    assert saved["meter"] == {"loss_sum": 1.5, "loss_n": 3}
+    for (n, a), (_, b) in zip(model.trainable_named_parameters(), model2.trainable_named_parameters()):
+        assert torch.equal(a, b), n
+    for s1, s2 in zip(opt.state.values(), opt2.state.values()):
+        assert torch.equal(s1["momentum_buffer"], s2["momentum_buffer"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+@pytest.mark.parametrize("victim", ["trainable.safetensors", "optimizer-rank0.safetensors", "optimizer-rank0.json",
+                                    "rank-0.safetensors", "rank-0.json", "state.json", "manifest.json"])
+def test_a_planted_pickle_never_runs_and_is_named(tmp_path, process_group, victim):
+    run = RunDir(tmp_path / "run")
+    path, _, _ = save_one(run, 3)
+    marker = tmp_path / "pwned"
+    (path / victim).write_bytes(pickle.dumps(Evil(marker)))
+    with pytest.raises(DataError, match=rf"{path / victim}|{path / 'manifest.json'}"):
+        Checkpointer(run, 0, 1, 0, 0, "mine").load(checkpoint.verify(path), *tiny_model_and_optimizer())
+    if victim != "manifest.json":  # with a manifest that matches, the file itself must be refused as data
+        rewrite_manifest(path)
+        with pytest.raises(DataError, match=str(path / victim)):
+            Checkpointer(run, 0, 1, 0, 0, "mine").load(checkpoint.verify(path), *tiny_model_and_optimizer())
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("victim", ["optimizer-rank0.pt", "rng-rank0.pt"])
+def test_checkpoints_of_lift_dist_0_1_are_read_without_unpickling(tmp_path, process_group, victim):
+    """Old checkpoints (pickled optimizer and RNG files) still resume: the optimizer state through
+    torch.load(weights_only=True), the RNG pickle not at all; a crafted file is refused, never run."""
+    run = RunDir(tmp_path / "run")
+    path, model, opt = save_one(run, 3)
+    for f in path.iterdir():
+        if f.name not in ("trainable.safetensors", "state.json"):
+            f.unlink()
+    torch.save(opt.state_dict(), path / "optimizer-rank0.pt")
+    (path / "rng-rank0.pt").write_bytes(pickle.dumps({"torch": torch.get_rng_state()}))
+    ckpt = checkpoint.verify(path)
+    assert ckpt.legacy
+    Checkpointer(run, 0, 1, 0, 0, "mine").load(ckpt, *tiny_model_and_optimizer())  # a genuine old one loads
+    marker = tmp_path / "pwned"
+    (path / victim).write_bytes(pickle.dumps(Evil(marker)))
+    if victim == "optimizer-rank0.pt":
+        with pytest.raises(DataError, match=rf"{path / victim} cannot be read as data only"):
+            Checkpointer(run, 0, 1, 0, 0, "mine").load(ckpt, *tiny_model_and_optimizer())
+    else:
+        Checkpointer(run, 0, 1, 0, 0, "mine").load(ckpt, *tiny_model_and_optimizer())
+    assert not marker.exists()
+
+
+def test_damaged_latest_falls_back_to_the_newest_complete_one(tmp_path, process_group):
+    run = RunDir(tmp_path / "run")
+    older, _, _ = save_one(run, 2)
+    newest, _, _ = save_one(run, 4)
+    (newest / "optimizer-rank0.json").write_text((newest / "optimizer-rank0.json").read_text()[:40])  # truncated
+    notes = []
+    ckpt = checkpoint.resolve(run, "latest", log=notes.append)
+    assert ckpt.path == older
+    assert notes and f"{newest / 'optimizer-rank0.json'} is damaged" in notes[0] and str(older) in notes[0]
+    with pytest.raises(DataError, match=f"{newest / 'optimizer-rank0.json'} is damaged"):
+        checkpoint.resolve(run, str(newest))  # an explicit checkpoint never falls back
+    shutil.rmtree(older)
+    with pytest.raises(DataError, match="no complete checkpoint in"):
+        checkpoint.resolve(run, "latest")
+
+
+def test_pruning_never_touches_another_run_or_latest(tmp_path, process_group):
+    run = RunDir(tmp_path / "run")
+    foreign = [save_one(run, s, run_id="older-run")[0] for s in (50, 60)]  # higher steps, another run
+    mine = [save_one(run, s, run_id="mine", keep=1)[0] for s in (1, 2, 3)]
+    left = sorted(p.name for p in run.checkpoints.iterdir() if p.is_dir())
+    assert left == sorted([mine[-1].name] + [p.name for p in foreign])
+    assert (run.checkpoints / "latest").read_text().strip() == mine[-1].name
+    assert (mine[-1] / "trainable.safetensors").is_file()

@@ -1,0 +1,117 @@
+"""A run directory belongs to one run: rejected commands write nothing, a fresh start never clobbers a
+run, resumes are checked against the data, damaged checkpoints give way to complete ones, a second
+training on the same directory is refused while the first runs, and SIGTERM checkpoints before exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from support.runs import REPO, TINY, cli_cmd, last_line, run_cli, run_env, timed_cli, tree_digest
+
+from lift_dist.shards import build_image_folder
+from lift_dist.synthetic import write_image_folder
+
+pytestmark = pytest.mark.slow
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture()
+def finished(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    return run
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--peft", "loraa"], "model.peft[0]='loraa' is not valid"),
+    (["--set", "model.r=-1"], "model.r=-1 is not valid: Input should be greater than or equal to 1"),
+    (["--shards", "/nonexistent/shards"], "shard directory /nonexistent/shards does not exist"),
+    (["--batch-size", "10000"], "optim.batch_size=10000 is larger than the 201 samples of 'train'"),
+    ([], "already holds checkpoints of a run (e.g. step-00000026): continue it with --resume latest, or start a new run"),
+])
+def test_rejected_commands_leave_a_finished_run_untouched(finished, args, message):
+    before = tree_digest(finished)
+    p, seconds = timed_cli("train", "--config", str(finished / "config.yaml"), "--out", str(finished), *args)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert message in last_line(p.stderr) and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert seconds < 10, f"the error took {seconds:.1f} s"
+    assert tree_digest(finished) == before
+
+
+def test_resume_on_other_shards_is_refused_even_at_an_epoch_boundary(finished, tmp_path):
+    diff = tmp_path / "diff"
+    write_image_folder(diff / "img", [20] * 10, size=48, seed=9)  # as many classes, other images
+    build_image_folder(diff / "img", diff / "shards", "train", shard_size=40, seed=0, progress=False)
+    build_image_folder(diff / "img", diff / "shards", "test", train_counts_from=diff / "shards", shard_size=40, progress=False)
+    before = tree_digest(finished)
+    p = run_cli("train", "--config", str(finished / "config.yaml"), "--out", str(finished), "--shards", str(diff / "shards"),
+                "--resume", "latest", "--set", "optim.epochs=3")
+    assert p.returncode == 2 and "was trained on other data (train_shards differ" in last_line(p.stderr), p.stderr[-2000:]
+    assert tree_digest(finished) == before
+
+
+def test_damaged_latest_checkpoint_gives_way_to_the_previous_one(finished, tmp_path):
+    ckpts = sorted(p for p in (finished / "checkpoints").iterdir() if p.is_dir())
+    assert [p.name for p in ckpts] == ["step-00000013", "step-00000026"]
+    marker = tmp_path / "pwned"
+    (ckpts[-1] / "rank-0.json").write_bytes(pickle.dumps(Evil(marker)))
+    p = run_cli("train", "--config", str(finished / "config.yaml"), "--out", str(finished), "--resume", "latest",
+                "--set", "data.tte=false")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert f"{ckpts[-1] / 'rank-0.json'} is damaged" in p.stdout and "instead" in p.stdout
+    assert "resumed from " + str(ckpts[0]) in p.stdout
+    assert not marker.exists()
+    assert json.loads((finished / "metrics.json").read_text())["steps"] == 26
+
+
+def _wait_for(predicate, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_one_training_per_run_directory_and_sigterm_checkpoints(demo_shards, tmp_path):
+    run = tmp_path / "busy"
+    args = ["train", "--shards", str(demo_shards), "--out", str(run), *TINY, "--epochs", "40", "--batch-size", "8",
+            "--set", "data.tte=false", "--set", "eval_every_epochs=0"]
+    first = subprocess.Popen(cli_cmd(*args), cwd=REPO, env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: (run / "lock").is_file() and "lift-dist train:" in (run / "log.txt").read_text()
+                         if (run / "log.txt").is_file() else False)
+        second = run_cli(*args, "--resume", "latest")
+        assert second.returncode == 2
+        assert f"run directory {run} is in use by another training (pid {first.pid} on {socket.gethostname()}" \
+            in last_line(second.stderr), second.stderr[-2000:]
+        first.send_signal(signal.SIGTERM)  # as Slurm does at preemption and at the time limit
+        out, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM" in out
+    assert "lift-dist train: stopped: by SIGTERM; checkpoint" in last_line(err) and "continue with --resume latest" in last_line(err)
+    assert not (run / "lock").exists()  # released on exit
+    state = json.loads((run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip() / "state.json").read_text())
+    assert state["global_step"] >= 1 and not (run / "metrics.json").exists()
+    # A lock left by a process that is gone is stale: the next training takes it over and says so.
+    (run / "lock").write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "launch": "pid:gone", "time": 0}))
+    p = run_cli(*args, "--resume", "latest", "--set", f"max_steps={state['global_step'] + 1}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"took over the stale lock of {run} (pid {2**22 + 7} is gone)" in p.stdout
