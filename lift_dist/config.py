@@ -80,8 +80,9 @@ class ModelConfig(Strict):
     @classmethod
     def _known_vit(cls, v: str) -> str:
         if model_registry.vision_geometry(v) is None:
-            known = "unknown" if model_registry.model_config(v) is None else "not a plain open_clip ViT"
-            raise ValueError(f"model is {known}; valid names include: {', '.join(model_registry.vit_names())}")
+            what = "unknown model" if model_registry.model_config(v) is None else "not a plain open_clip ViT"
+            names = [n for n in model_registry.vit_names() if n.startswith("ViT") or n == "tiny"]
+            raise ValueError(f"{what}; valid ViT names: {', '.join(names)}")
         return v
 
     @field_validator("pretrained")

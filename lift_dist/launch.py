@@ -84,13 +84,18 @@ def check_cluster(args) -> None:
                               + "); use --tasks-per-node for CPU nodes")
 
 
-def prepare(train_argv: list[str], world: int) -> RunConfig:
-    """Parse and check the training arguments for a job of `world` tasks (nothing is written)."""
+def prepare(train_argv: list[str], world: int, settings_only: bool = False) -> RunConfig:
+    """Parse and check the training arguments for a job of `world` tasks (nothing is written); with
+    `settings_only` (a dry run, which may be made away from the data) the data and run directory are
+    not looked at."""
     if not train_argv:
         raise ConfigError("no training arguments: put them after `--`, e.g. -- --preset places_lt --shards DIR --out RUN")
     p = argparse.ArgumentParser(prog="lift-dist launch -- (training arguments)")
     train_command.add_arguments(p)
     cfg = config_from_args(p.parse_args(train_argv))
+    if settings_only:
+        cfg.resume = cfg.resume or "latest"
+        return cfg
     train, _ = read_data(cfg, world)
     micro, accum = check_batch(cfg, train, world)
     check_files(cfg, train)
@@ -125,8 +130,8 @@ def make_executor(args):
 
 
 def dry_run_text(args, cfg: RunConfig, config_file: Path) -> str:
-    """The job as sbatch directives (what lift-dist asks submitit for; submitit adds its own signal and
-    log options) and the command every task runs. Needs no Slurm installation."""
+    """The job as sbatch directives (what lift-dist asks submitit for; submitit adds its own --signal and
+    log options when it writes the real script) and the command every task runs. Needs no Slurm."""
     p = slurm_parameters(args)
     flags = {"job-name": p["name"], "time": p["timeout_min"], "nodes": p["nodes"], "ntasks-per-node": p["tasks_per_node"],
              "gpus-per-node": p.get("gpus_per_node"), "cpus-per-task": p.get("cpus_per_task"),
@@ -142,7 +147,7 @@ def dry_run_text(args, cfg: RunConfig, config_file: Path) -> str:
 
 def submit(args, train_argv: list[str]) -> int:
     check_cluster(args)
-    cfg = prepare(train_argv, args.nodes * tasks_per_node(args))
+    cfg = prepare(train_argv, args.nodes * tasks_per_node(args), settings_only=args.dry_run)
     run = RunDir(cfg.out)
     if args.dry_run:
         print(dry_run_text(args, cfg, run.launch_config))

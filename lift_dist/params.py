@@ -7,6 +7,7 @@ import json
 
 from lift_dist.config import ModelConfig
 from lift_dist.model.lift_model import build_model
+from lift_dist.validation import validate
 
 
 def parameter_report(cfg: ModelConfig, num_classes: int) -> dict:
@@ -35,10 +36,8 @@ def format_table(rep: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = ModelConfig(
-        name=args.model, pretrained=None, peft=args.peft.split(","), r=args.r, alpha=args.alpha,
-        layers=args.layers, head=args.head, head_init="random",
-    )
+    cfg = validate(ModelConfig, {"name": args.model, "pretrained": None, "peft": args.peft, "r": args.r, "alpha": args.alpha,
+                                 "layers": args.layers, "head": args.head, "head_init": "random"}, prefix="model")
     rep = parameter_report(cfg, args.num_classes)
     print(json.dumps(rep, indent=2) if args.json else format_table(rep))
     return 0

@@ -4,24 +4,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-# torch/torchvision are pinned here (not in pyproject) so users keep their own CUDA build;
-# these two versions install from local disk on the project's machines.
-TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
-# TorchCodec decodes the training JPEGs (lift_dist falls back to torchvision's deprecated decoder
-# without it); its builds follow torch's, hence pinned beside it.
-CODEC_PIN="torchcodec==0.16.0"
+# torch / torchvision / TorchCodec versions come from pyproject's `pinned` extra (one source of truth);
+# they are installed only where no torch is installed, so users keep their own CUDA build. TorchCodec
+# decodes the training JPEGs (lift_dist falls back to torchvision's decoder without it).
+pins() {
+  $PY - "$1" <<'PYTHON'
+import re, sys
+text = open("pyproject.toml").read()
+pinned = re.search(r'^pinned = \[(.*?)\]', text, re.M | re.S).group(1)
+print(" ".join(p for p in re.findall(r'"([^"]+)"', pinned) if p.split("==")[0] in sys.argv[1].split(",")))
+PYTHON
+}
 key=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)-$(pwd | sha256sum | cut -c1-8)
 stamp="$($PY -c 'import sys; print(sys.prefix)')/.lift-dist-install-$key"
-have_all='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("lift_dist", "torch", "torchvision", "open_clip", "deepspeed", "webdataset", "ray", "submitit", "pyarrow", "pytest_timeout")))'
+have_all='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("lift_dist", "torch", "torchvision", "open_clip", "deepspeed", "webdataset", "ray", "submitit", "pyarrow", "pydantic", "ijson", "jinja2", "pytest_timeout", "ruff")))'
 if [ -f "$stamp" ] && $PY -c "$have_all" 2>/dev/null; then
   exit 0
 fi
 if ! $PY -c "import torch, torchvision" 2>/dev/null; then
-  $PY -m pip install -q --disable-pip-version-check $TORCH_PINS
+  $PY -m pip install -q --disable-pip-version-check $(pins torch,torchvision)
 fi
 if ! $PY -c "import torchcodec.decoders" 2>/dev/null; then
-  $PY -m pip install -q --disable-pip-version-check --no-deps $CODEC_PIN \
-    || echo "install.sh: $CODEC_PIN did not install; lift_dist uses torchvision's JPEG decoder" >&2
+  $PY -m pip install -q --disable-pip-version-check --no-deps $(pins torchcodec) \
+    || echo "install.sh: $(pins torchcodec) did not install; lift_dist uses torchvision's JPEG decoder" >&2
 fi
 $PY -m pip install -q --disable-pip-version-check -e ".[dev]"
 rm -f "$($PY -c 'import sys; print(sys.prefix)')"/.lift-dist-install-* 2>/dev/null || true

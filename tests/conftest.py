@@ -3,15 +3,18 @@ import os
 import pytest
 from support.data import build_demo_shards
 from support.runs import TINY, run_torchrun
+from support.slurm_cluster import slurm_cluster  # noqa: F401  (fixture)
 
 # No network here: fail fast instead of retrying downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: end-to-end tests with real training processes")
-    config.addinivalue_line("markers", "slurm: needs the local 4-node Slurm cluster (scripts/slurm/cluster.sh)")
-    config.addinivalue_line("markers", "browser: needs headless chromium")
+def pytest_collection_modifyitems(config, items):
+    """System tests are marked by what they need, so `-m "not slurm and not browser"` leaves them out."""
+    for item in items:
+        if "slurm_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

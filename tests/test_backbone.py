@@ -5,10 +5,12 @@ import sys
 
 import open_clip
 import pytest
+import torch
+from support.runs import REPO, run_env
 
-from conftest import REPO, run_env
+from lift_dist.config import load_config
 from lift_dist.errors import LiftError
-from lift_dist.model.backbone import load_clip, tag_kwargs
+from lift_dist.model.backbone import is_torchscript_archive, load_clip, register_builtin_configs, tag_kwargs
 
 
 def test_openai_tag_forces_quickgelu_on_plain_configs():
@@ -35,7 +37,46 @@ def test_bad_weights_file_is_named(tmp_path, name, content):
 def test_bad_weights_file_on_the_command_line(demo_shards, tmp_path):
     bad = tmp_path / "w.pt"
     bad.write_bytes(b"not a checkpoint")
-    p = subprocess.run([sys.executable, "-m", "lift_dist.train", "--shards", str(demo_shards), "--model", "tiny", "--device", "cpu",
+    p = subprocess.run([sys.executable, "-m", "lift_dist", "train", "--shards", str(demo_shards), "--model", "tiny", "--device", "cpu",
                         "--pretrained", str(bad), "--out", str(tmp_path / "r")], capture_output=True, text=True,
                        env=run_env(), cwd=REPO, timeout=120)
     assert p.returncode == 2 and str(bad) in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.fixture(scope="module")
+def torchscript_archive(tmp_path_factory):
+    """A CLIP saved as OpenAI ships its weights: a traced TorchScript archive (ViT-B-16.pt of the release)."""
+    register_builtin_configs()
+    torch.manual_seed(1)
+    model = open_clip.create_model("tiny").eval()
+    tokens = open_clip.get_tokenizer("tiny")(["a photo of a dog"])
+    traced = torch.jit.trace(model, (torch.randn(1, 3, 64, 64), tokens), strict=False, check_trace=False)
+    path = tmp_path_factory.mktemp("weights") / "tiny-openai.pt"
+    traced.save(str(path))
+    return path, model.state_dict()
+
+
+def test_openai_torchscript_weights_load_as_data(torchscript_archive):
+    """torch.load(weights_only=True) refuses TorchScript archives; they are read with torch.jit.load on CPU
+    (no Python runs) and only the checked state dict is kept."""
+    path, expected = torchscript_archive
+    assert is_torchscript_archive(path)
+    with pytest.raises(Exception, match="TorchScript"):
+        torch.load(path, weights_only=True)
+    model = load_clip("tiny", str(path))
+    assert set(model.state_dict()) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_torchscript_weights_of_another_architecture_are_named(torchscript_archive):
+    path, _ = torchscript_archive
+    with pytest.raises(LiftError, match=rf"weights file {path} does not match the model: .* missing"):
+        load_clip("ViT-B-32", str(path))
+
+
+def test_a_relative_weights_path_is_stored_absolute(torchscript_archive, monkeypatch):
+    path, _ = torchscript_archive
+    monkeypatch.chdir(path.parent)
+    cfg = load_config(None, None, ["model.name=tiny", f"model.pretrained={path.name}"])
+    assert cfg.model.pretrained == str(path)  # a config.yaml read from elsewhere (predict) still finds it

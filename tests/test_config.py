@@ -21,7 +21,7 @@ BAD_SETTINGS = [
     ("max_steps=-5", "max_steps=-5 is not valid: Input should be greater than or equal to 0"),
     ("optim.betas=0.9", "optim.betas=0.9 is not valid: Input should be a valid tuple"),
     ("optim.betas=[0.9, 1.5]", "optim.betas[1]=1.5 is not valid: Input should be less than 1"),
-    ("model.name=ViT-Q-99", "model.name='ViT-Q-99' is not valid: model is unknown; valid names include: "),
+    ("model.name=ViT-Q-99", "model.name='ViT-Q-99' is not valid: unknown model; valid ViT names: ViT-B-16-plus-240"),
     ("data.resolution=8", "data.resolution=8 does not fit ViT-B-16: its positional embeddings are for a 14×14 grid"),
     ("data.tte_expand=-100", "data.tte_expand=-100 is not valid: Input should be greater than or equal to 0"),
     ("checkpoint_every_steps=-1", "checkpoint_every_steps=-1 is not valid"),

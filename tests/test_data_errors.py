@@ -48,5 +48,5 @@ def test_under_torchrun_the_users_line_comes_last(demo_shards, tmp_path):
     p = run_torchrun(2, "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), *TRAIN, check=False)
     assert p.returncode != 0
     tail = "\n".join(p.stderr.strip().splitlines()[-8:])
-    assert f"traceback : lift-dist train: error: sample '" in tail and str(tar) in tail, p.stderr[-3000:]
+    assert "traceback : lift-dist train: error: sample '" in tail and str(tar) in tail, p.stderr[-3000:]
     assert "image cannot be decoded" in tail and "To enable traceback" not in p.stderr

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-
-from conftest import REPO, run_env
+from support.runs import REPO, run_env
 
 
 @pytest.mark.slow

@@ -1,11 +1,12 @@
 """Rank, world size and rendezvous from each launcher's environment (torchrun, deepspeed, srun)."""
 
+import argparse
 import os
 
 import pytest
 
-from lift_dist.engine import distributed
-from lift_dist.train import add_arguments
+from lift_dist.commands.train import add_arguments
+from lift_dist.engine import launcher_env as distributed
 
 LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS",
                "SLURM_LOCALID", "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_JOB_ID")
@@ -26,8 +27,6 @@ def test_torchrun_and_deepspeed_launcher(env):
     env.setenv("RANK", "5"), env.setenv("WORLD_SIZE", "8"), env.setenv("LOCAL_RANK", "1")
     assert distributed.detect() == (5, 8, 1, "torchrun")
     # The deepspeed launcher also appends --local_rank=N to the command line; it must not be refused.
-    import argparse
-
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert p.parse_args(["--shards", "s", "--local_rank=1"]).shards == "s"

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 import torch
+from support.runs import REPO, TINY, latest_weights, run_env, run_torchrun
 
-from conftest import REPO, run_env, run_torchrun
+from lift_dist.config import ModelConfig
 from lift_dist.data.manifest import read_manifest
-from lift_dist.model.lift_model import ModelConfig, build_model
-from test_train import TINY, latest_weights
+from lift_dist.model.lift_model import build_model
 
 
 @pytest.mark.parametrize("peft, layers, expected", [("none", None, "L+1"), ("partial", "last:1", "L-1"),
@@ -92,7 +92,7 @@ def test_cached_two_rank_run_resumes_exactly_and_new_settings_get_a_new_key(demo
     a, b = latest_weights(tmp_path / "full"), latest_weights(tmp_path / "cut")
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=0, rtol=0)
-    history = [json.loads(l) for l in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (tmp_path / "cut" / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2]  # the cut epoch is logged once, by the resumed run
     n = read_manifest(demo_shards, "train").num_samples
     assert 0 < history[0]["samples"] < n and history[1]["samples"] == n  # epoch 1: only what the resumed run trained

@@ -2,8 +2,9 @@
 
 import pytest
 
+from lift_dist.config import ModelConfig
 from lift_dist.engine.flops import forward_flops_per_image, utilisation
-from lift_dist.model.lift_model import ModelConfig, build_model
+from lift_dist.model.lift_model import build_model
 
 
 def vit_forward_flops(res: int, patch: int, width: int, layers: int, classes: int) -> int:

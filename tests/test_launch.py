@@ -9,9 +9,8 @@ import sys
 import time
 
 import pytest
-
-from conftest import REPO, run_env
-from lift_dist.testing.slurm_cluster import slurm_cluster  # noqa: F401 (fixture)
+from support.data import damaged_copy
+from support.runs import REPO, last_line, run_env
 
 LAUNCH = [sys.executable, str(REPO / "launch" / "slurm.py")]
 TRAIN = ["--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size", "16", "--set", "model.pretrained=null",
@@ -70,15 +69,37 @@ def test_four_node_job_trains_and_requeue_resumes(slurm_cluster, demo_shards, tm
         assert resumed[k] == metrics[k], k
 
 
-def test_errors_before_submission(slurm_cluster, tmp_path):
+def test_errors_before_submission(slurm_cluster, demo_shards, tmp_path):
     p = launch("--nodes", "0", "--", "--shards", "x")
     assert p.returncode == 2 and "--nodes must be at least 1, got 0" in p.stderr
     p = launch("--nodes", "1", "--gpus-per-node", "2", "--", "--shards", "x")
     assert p.returncode == 2 and "reports no GPUs" in p.stderr and "--tasks-per-node" in p.stderr
-    p = launch("--nodes", "1", "--partition", "nosuchpartition", "--folder", str(tmp_path / "l" / "%j"), "--", "--shards", "x")
+    # The training arguments are checked here, for the job's world size, before anything is submitted.
+    p = launch("--nodes", "2", "--tasks-per-node", "2", "--", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    assert p.returncode == 2 and f"shard directory {tmp_path / 'none'} does not exist" in p.stderr
+    p = launch("--nodes", "4", "--tasks-per-node", "2", "--", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TRAIN)
+    assert p.returncode == 2 and "has 6 'train' shard(s) but 8 rank(s) × 1 data worker(s) need at least 8" in p.stderr
+    assert not (tmp_path / "r").exists()
+    ok = ["--", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TRAIN]
+    p = launch("--nodes", "1", "--partition", "nosuchpartition", "--folder", str(tmp_path / "l" / "%j"), *ok)
     assert p.returncode == 2 and "Slurm rejected the job" in p.stderr and "invalid partition specified: nosuchpartition" in p.stderr
-    p = launch("--nodes", "1", "--account", "nosuchaccount", "--folder", str(tmp_path / "l" / "%j"), "--", "--shards", "x")
+    p = launch("--nodes", "1", "--account", "nosuchaccount", "--folder", str(tmp_path / "l" / "%j"), *ok)
     assert p.returncode == 2 and "Slurm rejected the job" in p.stderr and "Invalid account" in p.stderr
+
+
+@pytest.mark.slow
+def test_wait_names_the_failing_ranks_error_and_the_final_state(slurm_cluster, demo_shards, tmp_path):
+    def corrupt_first_jpeg(entries):
+        first = next(n for n, _ in entries if n.endswith(".jpg"))
+        return [(n, b"\xff\xd8\xff\xe0 not a jpeg" if n == first else d) for n, d in entries]
+
+    tar = damaged_copy(demo_shards, tmp_path / "shards", "train", corrupt_first_jpeg)
+    p = launch("--nodes", "2", "--tasks-per-node", "1", "--time", "10", "--folder", str(tmp_path / "logs" / "%j"), "--wait",
+               "--", "--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "run"), "--epochs", "1", *TRAIN)
+    assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+    line = last_line(p.stderr)
+    assert re.search(rf"job \d+ ended in state FAILED: rank [01]: lift-dist train: error: sample '\d+' in {tar}: image cannot be "
+                     r"decoded", line), line
 
 
 def test_no_sbatch_suggests_local(tmp_path):
@@ -89,15 +110,23 @@ def test_no_sbatch_suggests_local(tmp_path):
     assert p.returncode == 2 and "no `sbatch` on PATH" in p.stderr and "--local" in p.stderr
 
 
-def test_dry_run_prints_the_sbatch_script(tmp_path):
+def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH with python and nothing of Slurm (no srun, sbatch, sinfo)
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python3")
     p = launch("--nodes", "4", "--tasks-per-node", "2", "--partition", "debug", "--time", "30", "--dry-run",
-               "--folder", str(tmp_path / "l" / "%j"), "--", "--preset", "places_lt", "--shards", "/data/s")
+               "--folder", str(tmp_path / "l" / "%j"), "--", "--preset", "places_lt", "--shards", "/data/s", "--out", "/runs/r",
+               env=run_env(PATH=str(bin_dir)))
     assert p.returncode == 0, p.stderr
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=debug", "#SBATCH --time=30",
-                 "#SBATCH --requeue", "#SBATCH --signal=USR2@90", "srun "):
+                 "#SBATCH --requeue", "srun --kill-on-bad-exit=1 "):
         assert line in p.stdout, line
-    assert "--preset places_lt --shards /data/s --resume latest" in p.stdout
-    assert not (tmp_path / "l").exists() or not any((tmp_path / "l").rglob("*.pkl"))  # nothing submitted
+    assert "/runs/r/launch.yaml (resume: latest; run directory /runs/r)" in p.stdout
+    assert not (tmp_path / "l").exists()  # nothing submitted, nothing written
+    # The settings are checked all the same.
+    p = launch("--dry-run", "--", "--preset", "places_lt", "--shards", "/data/s", "--set", "optim.loss=lsa",
+               env=run_env(PATH=str(bin_dir)))
+    assert p.returncode == 2 and "optim.loss='lsa' is not valid" in p.stderr and "Traceback" not in p.stderr
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from support.runs import REPO, run_env
 
-from conftest import REPO, run_env
 from lift_dist.cli import main
 
 
@@ -31,9 +31,10 @@ def test_other_modules_and_overrides(capsys):
 
 def test_user_errors_print_one_line_without_traceback():
     for argv, message in (
-        (["--model", "ViT-Q-99", "--num-classes", "5"], "unknown model 'ViT-Q-99'"),
-        (["--model", "tiny", "--peft", "lorra", "--num-classes", "5"], "unknown lightweight module 'lorra'; valid:"),
-        (["--model", "tiny", "--peft", "sparse", "--alpha", "0", "--num-classes", "5"], "alpha must be in (0, 1]"),
+        (["--model", "ViT-Q-99", "--num-classes", "5"], "model.name='ViT-Q-99' is not valid: unknown model; valid ViT names"),
+        (["--model", "tiny", "--peft", "lorra", "--num-classes", "5"], "model.peft[0]='lorra' is not valid: Input should be"),
+        (["--model", "tiny", "--peft", "sparse", "--alpha", "0", "--num-classes", "5"],
+         "model.alpha=0.0 is not valid: Input should be greater than 0"),
         (["--model", "tiny", "--layers", "7", "--num-classes", "5"], "layer index 7 is out of range; valid block indices are 0..3"),
     ):
         p = subprocess.run([sys.executable, "-m", "lift_dist", "params", *argv], capture_output=True, text=True,

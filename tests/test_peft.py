@@ -5,9 +5,10 @@ import copy
 import pytest
 import torch
 
+from lift_dist.config import ModelConfig
 from lift_dist.errors import ConfigError
 from lift_dist.model.backbone import load_clip
-from lift_dist.model.lift_model import ModelConfig, build_model
+from lift_dist.model.lift_model import build_model
 from lift_dist.model.vit import PeftViT
 from lift_dist.peft import REGISTRY, apply_peft, make_configs
 from lift_dist.peft.base import default_bottleneck, select_layers
@@ -146,7 +147,7 @@ def test_vpt_sequence_lengths(tiny_clip):
     for name, expect in (("vpt-shallow", "carried"), ("vpt-deep", "replaced")):
         enc, _ = make_encoder(tiny_clip, [name], length=5)
         lengths = []
-        hooks = [b.register_forward_hook(lambda m, i, o: lengths.append(o.shape[1])) for b in enc.blocks]
+        hooks = [b.register_forward_hook(lambda m, i, o, seen=lengths: seen.append(o.shape[1])) for b in enc.blocks]
         with torch.no_grad():
             enc(images(n=1))
         for h in hooks:
@@ -216,9 +217,9 @@ def test_layer_selection():
     "names, kw, message",
     [
         (["adaptformr"], {}, "unknown lightweight module 'adaptformr'; valid: adapter, adaptformer"),
-        (["adaptformer"], {"r": 0}, "bottleneck r must be an integer >= 1, got 0"),
-        (["sparse"], {"alpha": 0.0}, r"alpha must be in \(0, 1\], got 0.0"),
-        (["sparse"], {"alpha": 1.5}, r"alpha must be in \(0, 1\], got 1.5"),
+        (["adaptformer"], {"r": 0}, "model.r=0 is not valid: Input should be greater than or equal to 1"),
+        (["sparse"], {"alpha": 0.0}, "model.alpha=0.0 is not valid: Input should be greater than 0"),
+        (["sparse"], {"alpha": 1.5}, "model.alpha=1.5 is not valid: Input should be less than or equal to 1"),
         (["adaptformer"], {"layers": "3,9"}, "layer index 9 is out of range; valid block indices are 0..3"),
         (["bitfit"], {"r": 4}, "option 'r' does not apply to bitfit"),
         (["none", "lora"], {}, "cannot be combined"),

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
-
-from conftest import REPO, run_env, run_torchrun
+import torch
+from support.runs import REPO, run_env, run_torchrun
 
 
 def predict(*args):
@@ -96,3 +96,13 @@ def test_exif_orientation_applied_and_shard_labels_checked(trained_run, demo_sha
     p = predict("--run", str(renamed), "--shards", str(demo_shards), "--split", "test", "--out", str(tmp_path / "p.parquet"))
     assert p.returncode == 2 and "labels classes differently from the run" in p.stderr and f"'{names[0]}' there" in p.stderr
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_device_is_chosen_and_a_missing_gpu_is_named(trained_run, demo_shards):
+    img = next((demo_shards.parent / "img" / "test").rglob("*.jpg"))
+    cpu = predict("--run", str(trained_run), str(img), "--device", "cpu", "--format", "json")
+    auto = predict("--run", str(trained_run), str(img), "--format", "json")
+    assert cpu.returncode == 0 and json.loads(cpu.stdout) == json.loads(auto.stdout)
+    if not torch.cuda.is_available():
+        p = predict("--run", str(trained_run), str(img), "--device", "cuda")
+        assert p.returncode == 2 and "--device cuda was requested but no CUDA GPU is visible" in p.stderr

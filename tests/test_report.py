@@ -9,9 +9,10 @@ import re
 import shutil
 
 import pytest
-from conftest import run_torchrun
+from support.runs import run_torchrun
 
 from lift_dist import report
+from lift_dist.commands import report as report_command
 from lift_dist.errors import DataError
 
 TRAIN = ("--epochs", "2", "--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size", "16",
@@ -31,7 +32,7 @@ def two_runs(demo_shards, tmp_path_factory):
 def built(two_runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "site"
     p = argparse.ArgumentParser()
-    report.add_arguments(p)
+    report_command.add_arguments(p)
     assert report.run(p.parse_args([*map(str, two_runs), "--out", str(out)])) == 0
     return out, out / "index.html"
 
@@ -126,8 +127,7 @@ def test_missing_groups_and_files_render_na(tmp_path, two_runs):
 
 def test_page_in_headless_chromium(built, tmp_path):
     from PIL import Image, ImageStat
-
-    from lift_dist.testing import browser
+    from support import browser
 
     path, reason = browser.find_browser()
     if path is None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,42 +11,25 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
+from support.runs import SHARED_DATA
+from support.shards import CATEGORIES, PLACES, needs_categories, needs_places, read_split, run_cli
 
 from lift_dist.data.manifest import read_manifest
 from lift_dist.errors import ConfigError
 from lift_dist.shards import build_cifar100, build_from_list, build_image_folder, build_inat2018, verify
-from lift_dist.shards.cifar import index_cifar100, long_tail_counts, long_tail_indices
-from lift_dist.shards.inat import label_map, read_categories
+from lift_dist.shards.cifar100 import index_cifar100, long_tail_counts, long_tail_indices
+from lift_dist.shards.inat2018 import label_map, read_categories
 from lift_dist.shards.synthetic import tiny_jpegs, write_cifar100, write_inat2018
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CATEGORIES = SHARED / "inat2018" / "categories.json"
-PLACES = SHARED / "places_lt"
-
-needs_categories = pytest.mark.skipif(not CATEGORIES.is_file(), reason=f"shared data absent: {CATEGORIES} not found")
-needs_places = pytest.mark.skipif(not (PLACES / "Places_LT_train.txt").is_file(),
-                                  reason=f"shared data absent: {PLACES}/Places_LT_train.txt not found")
+SHARED = SHARED_DATA
 
 # A few real categories from different kingdoms / phyla; counts give head, medium and tail classes.
 INAT_TRAIN = {0: 3, 1: 2, 100: 25, 2000: 4, 4000: 105, 5000: 1, 7000: 12, 8141: 6}
 INAT_VAL = {0: 1, 100: 2, 4000: 3, 8141: 1}
 
 
-def read_split(out: Path, split: str) -> list[dict]:
-    """Every sample of a split, read with stock webdataset from the files the manifest lists."""
-    samples = []
-    for f in read_manifest(out, split).shard_files:
-        samples += list(wds.WebDataset(str(f), shardshuffle=False, empty_check=False))
-    return samples
-
-
 def classes_table(out: Path, split: str) -> dict:
     return pq.read_table(out / f"{split}-classes.parquet").to_pydict()
-
-
-def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "shards/build.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -318,8 +299,9 @@ def test_cifar100_lt_shards(cifar_archive, cifar_targets, tmp_path):
     assert s["samples"] == 10847 and s["imbalance_ratio"] == 100.0 and s["shards"] == 6
     samples = read_split(out, "train")
     assert np.bincount([int(x["cls"]) for x in samples], minlength=100).tolist() == long_tail_counts(100)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     img = Image.open(io.BytesIO(samples[0]["jpg"]))
     assert img.size == (32, 32) and img.mode == "RGB"  # never upscaled

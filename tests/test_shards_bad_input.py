@@ -12,15 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 from PIL import Image
+from support.shards import CATEGORIES, needs_categories, read_split, run_cli
 
 from lift_dist.errors import DataError
-from lift_dist.shards import build_from_list, build_image_folder, build_inat2018, verify
+from lift_dist.shards import build_cifar100, build_from_list, build_image_folder, build_inat2018, verify
 from lift_dist.shards.images import encode_bytes
-from lift_dist.shards.synthetic import tiny_jpegs, write_inat2018
+from lift_dist.shards.synthetic import tiny_jpegs, write_cifar100, write_inat2018
 from lift_dist.shards.writer import sha256_file
-from test_shards import CATEGORIES, read_split, run_cli
-
-needs_categories = pytest.mark.skipif(not CATEGORIES.is_file(), reason=f"shared data absent: {CATEGORIES} not found")
 
 
 def errors(out: Path, split: str) -> dict[str, str]:
@@ -256,3 +254,23 @@ def test_folder_test_split_with_an_unknown_class_folder(tmp_path):
     s = build_image_folder(tmp_path / "test", out, "test", skip_bad=True)
     assert s["samples"] == 1 and [int(x["cls"]) for x in read_split(out, "test")] == [0]
     assert len(list(wds.WebDataset(str(out / "test-000000.tar"), shardshuffle=False, empty_check=False))) == 1
+
+
+@needs_categories
+@pytest.mark.parametrize("field, value", [("width", "wide"), ("height", -3), ("width", 12.5)])
+def test_a_malformed_image_size_in_the_annotations_is_one_line(release, tmp_path, field, value):
+    edit_json(release / "train2018.json", lambda d: d["images"][2].update({field: value}))
+    with pytest.raises(DataError, match=rf"train2018.json: images\[2\]\.{field} must be a whole number of pixels \(got {value!r}\)"):
+        build_inat2018(release, tmp_path / "out", "train")
+    p = run_cli("inat2018", "--root", str(release), "--split", "train", "--out", str(tmp_path / "out2"))
+    assert p.returncode == 2 and f"images[2].{field} must be a whole number of pixels" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "out2").exists()
+
+
+def test_cifar_archive_too_small_for_the_imbalance_is_refused(tmp_path):
+    """Asked for ratio 100 from an archive of 10 images per class, the builder used to give ratio 2 silently."""
+    archive = write_cifar100(tmp_path / "cifar-100-python.tar.gz", train_per_class=10, test_per_class=2)
+    with pytest.raises(DataError, match=r"imbalance ratio 100 takes 500 training images of class 0 \('class_00'\) but the "
+                                        r"archive has 10: use the complete cifar-100-python.tar.gz \(500 per class\), or --balanced"):
+        build_cifar100(archive, tmp_path / "out", "train", imbalance=100)
+    assert build_cifar100(archive, tmp_path / "out", "train", imbalance=None, shard_size=500)["samples"] == 1000

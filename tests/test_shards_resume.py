@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from support.runs import REPO
 
 from lift_dist.shards import build_image_folder, verify
 from lift_dist.shards.synthetic import photo_jpegs
-from test_shards import REPO
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
@@ -95,3 +95,26 @@ def test_killed_build_resumes_to_the_same_shards(photos, tmp_path):
     assert snapshot(out) == snapshot(clean)
     v = subprocess.run([sys.executable, "shards/build.py", "verify", str(out)], cwd=REPO, capture_output=True, text=True)
     assert v.returncode == 0, v.stdout
+
+
+def test_workers_stop_when_the_builder_is_killed(photos, tmp_path):
+    """SIGKILL of the builder's main process alone (not its process group): its workers used to live on
+    and keep writing shards."""
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "shards/build.py", "folder", "--root", str(photos), "--split", "train", "--out", str(out),
+                             "--shard-size", "5", "--resize", "256", "--workers", "2", "--no-progress"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(out.glob("*.record.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.01)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
+    assert workers and proc.poll() is None, "the build finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{w}").exists() for w in workers), "shard workers outlived the builder"
+    written = sorted(out.glob("*.record.json"))
+    time.sleep(2)
+    assert sorted(out.glob("*.record.json")) == written  # nothing is written any more

@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.runs import REPO
+from support.shards import CATEGORIES
 
 from lift_dist.shards.synthetic import write_inat_annotations
-from test_shards import CATEGORIES, REPO
 
 N_IMAGES = 437_513  # train2018.json
 
@@ -19,7 +20,7 @@ PARSE = """
 import json, sys, time
 def peak_kb():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
-from lift_dist.shards.inat import index_inat2018
+from lift_dist.shards.inat2018 import index_inat2018
 base = peak_kb()
 t = time.time()
 idx = index_inat2018(sys.argv[1], "train", annotations=sys.argv[2], categories=sys.argv[3] or None)
@@ -41,5 +42,6 @@ def test_parsing_437k_annotations_stays_far_below_1_gib(tmp_path):
     res = json.loads(r.stdout)
     assert res["n"] == N_IMAGES and res["bad"] == 0 and res["classes"] == 8142
     assert json.loads(res["first"])["image_id"] == 0
-    # ~140 MB in practice (json.load alone peaks near 500 MB on this file); the budget is 1 GiB.
-    assert res["peak_kb"] < 400 * 1024, res
+    # What parsing adds to the process (its imports, torch among them through webdataset, come first):
+    # ~100 MB in practice, where json.load alone peaks near 500 MB on this file; the budget is 1 GiB.
+    assert res["peak_kb"] - res["base_kb"] < 300 * 1024 and res["peak_kb"] < 1024 * 1024, res

@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from lift_dist.testing.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401 (fixture)
+from support.slurm_cluster import SlurmCluster
 
 submitit = pytest.importorskip("submitit")
 cloudpickle = pytest.importorskip("cloudpickle")
@@ -34,7 +33,7 @@ def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=check)
 
 
-def _executor(folder: Path, cluster: SlurmCluster, **params) -> "submitit.AutoExecutor":
+def _executor(folder: Path, cluster: SlurmCluster, **params) -> submitit.AutoExecutor:
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     ex.update_parameters(slurm_partition=cluster.partition, timeout_min=5, cpus_per_task=1, **params)
     return ex

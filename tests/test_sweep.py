@@ -1,5 +1,6 @@
 """tune/sweep.py: real Ray Tune sweeps of real training runs (local processes or Slurm jobs)."""
 
+import json
 import os
 import signal
 import subprocess
@@ -10,10 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from support.runs import REPO, run_env
 
-from conftest import REPO, run_env
 from lift_dist.config import load_config
-from lift_dist.testing.slurm_cluster import slurm_cluster  # noqa: F401 (fixture)
 
 SWEEP = [sys.executable, str(REPO / "tune" / "sweep.py")]
 TINY = ["--set", "model.name=tiny", "--set", "model.pretrained=null", "--set", "device=cpu", "--set", "data.workers=1",
@@ -54,9 +54,19 @@ def test_local_asha_sweep_over_alpha_r_sigma(demo_shards, tmp_path):
     assert sum(parts) == train_total and parts[1] > 0
     best = load_config(config_file=str(out / "best.yaml"))
     assert best.data.shards == str(demo_shards) and best.data.eval_split == "test"
-    summary = __import__("json").loads((out / "summary.json").read_text())
-    assert summary["test"]["split"] == "test" and summary["completed"] >= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test"]["split"] == "test" and summary["completed"] >= 1 and summary["test"]["device"] == "cpu"
     assert (out / "metric_vs_params.png").stat().st_size > 1000
+    # --max-concurrent 1: no two trainings ever overlapped (Ray ignored the limit beside a search algorithm).
+    spans = sorted(_training_span(Path(r)) for r in table["run_dir"])
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+    for r in table["run_dir"]:  # every trial trained from a resolved config file, not from re-parsed arguments
+        assert (out / "trials" / f"{Path(r).name}.yaml").is_file()
+
+
+def _training_span(run: Path) -> tuple[float, float]:
+    """From when a trial's training wrote its config.yaml (once, at start) to its last write."""
+    return (run / "config.yaml").stat().st_mtime, max(p.stat().st_mtime for p in run.rglob("*") if p.is_file())
 
 
 @pytest.mark.slow
@@ -97,7 +107,7 @@ def test_slurm_backend_runs_trials_as_jobs(slurm_cluster, demo_shards, tmp_path)
     for run_dir in table["run_dir"]:
         logs = list(Path(run_dir).glob("slurm-*/*_1_log.out"))  # task 1 of a 2-node Slurm job ran
         assert logs, run_dir
-        assert __import__("json").loads((Path(run_dir) / "metrics.json").read_text())["world_size"] == 2
+        assert json.loads((Path(run_dir) / "metrics.json").read_text())["world_size"] == 2
 
 
 @pytest.mark.parametrize(

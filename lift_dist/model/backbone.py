@@ -87,8 +87,10 @@ def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
         state = torch.jit.load(path, map_location="cpu").state_dict()
     except Exception as e:  # a damaged archive raises RuntimeError / ValueError from the C++ reader
         raise LiftError(f"could not read TorchScript weights file {path}: {str(e).splitlines()[0][:300]}") from None
-    state = {k: v for k, v in state.items() if k not in JIT_ONLY_KEYS}
     own = model.state_dict()
+    # Tracing records non-persistent buffers (the text tower's attention mask) as state; they are not weights.
+    derived = {n for n, _ in model.named_buffers()} - set(own)
+    state = {k: v for k, v in state.items() if k not in JIT_ONLY_KEYS and k not in derived}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or shapes:
