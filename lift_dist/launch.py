@@ -97,7 +97,7 @@ def prepare(train_argv: list[str], world: int, settings_only: bool = False) -> R
         cfg.resume = cfg.resume or "latest"
         return cfg
     train, _ = read_data(cfg, world)
-    micro, accum = check_batch(cfg, train, world)
+    micro, accum = check_batch(cfg, train, world, [])
     check_files(cfg, train)
     check_run_dir(cfg, RunDir(cfg.out), run_signature(cfg, train, world, micro, accum), launch_id(), [])
     cfg.resume = cfg.resume or "latest"  # a requeued job must continue, not start again

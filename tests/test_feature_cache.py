@@ -30,7 +30,7 @@ def test_frozen_prefix_and_split_forward(peft, layers, expected):
 
 
 def train(shards, out, *extra):
-    cmd = [sys.executable, "-m", "lift_dist.train", "--shards", str(shards), "--out", str(out), "--epochs", "2",
+    cmd = [sys.executable, "-m", "lift_dist", "train", "--shards", str(shards), "--out", str(out), "--epochs", "2",
            "--batch-size", "256", *TINY, "--set", "data.augment=none", "--set", "data.tte=false",
            "--set", "model.head_init=random", "--set", "optim.lr=0.5", *extra]
     p = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
@@ -44,7 +44,9 @@ def test_cached_training_equals_image_training(demo_shards, tmp_path, peft):
     """With one step per epoch (batch = the whole training set) sample order cannot matter, so the run
     from cached features must train the same weights as the run from images."""
     module = ["--peft", peft] + (["--set", "model.layers=last:1"] if peft == "partial" else [])
-    _, plain = train(demo_shards, tmp_path / "plain", *module)
+    log, plain = train(demo_shards, tmp_path / "plain", *module)
+    # A batch above the training set is allowed (full-batch steps), and said.
+    assert "optim.batch_size=256 is larger than the 201 samples of 'train': every epoch is a single step" in log
     cache = tmp_path / "cache"
     log, cached = train(demo_shards, tmp_path / "cached", *module, "--set", f"data.feature_cache={cache}")
     assert "building 6 of 6 shard(s)" in log
@@ -66,7 +68,7 @@ def test_cached_training_equals_image_training(demo_shards, tmp_path, peft):
 
 
 def test_cache_refuses_augmentation_and_modules_in_the_first_block(demo_shards, tmp_path):
-    base = [sys.executable, "-m", "lift_dist.train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
+    base = [sys.executable, "-m", "lift_dist", "train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
             "--set", f"data.feature_cache={tmp_path / 'c'}"]
     p = subprocess.run(base + ["--peft", "none"], capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
     assert p.returncode == 2 and "data.feature_cache needs data.augment=none (got 'lift')" in p.stderr
@@ -87,7 +89,7 @@ def test_cached_two_rank_run_resumes_exactly_and_new_settings_get_a_new_key(demo
     state = json.loads((tmp_path / "cut" / "checkpoints" / "step-00000009" / "state.json").read_text())
     assert state["epoch"] == 0 and state["step_in_epoch"] == 9  # stopped inside the first epoch
     refused = run_torchrun(2, *args, "--out", str(tmp_path / "cut"), "--resume", "latest", "--set", "seed=1", check=False)
-    assert refused.returncode != 0 and "was written by a run with other settings (seed 0 -> 1)" in refused.stderr + refused.stdout
+    assert refused.returncode != 0 and "was written mid-epoch by a run with other settings (seed 0 -> 1)" in refused.stderr + refused.stdout
     run_torchrun(2, *args, "--out", str(tmp_path / "cut"), "--resume", "latest")
     a, b = latest_weights(tmp_path / "full"), latest_weights(tmp_path / "cut")
     for k in a:

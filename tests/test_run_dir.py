@@ -41,7 +41,7 @@ def finished(trained_run, tmp_path):
     (["--peft", "loraa"], "model.peft[0]='loraa' is not valid"),
     (["--set", "model.r=-1"], "model.r=-1 is not valid: Input should be greater than or equal to 1"),
     (["--shards", "/nonexistent/shards"], "shard directory /nonexistent/shards does not exist"),
-    (["--batch-size", "10000"], "optim.batch_size=10000 is larger than the 201 samples of 'train'"),
+    (["--set", "optim.lr=-1"], "optim.lr=-1 is not valid: Input should be greater than 0"),
     ([], "already holds checkpoints of a run (e.g. step-00000026): continue it with --resume latest, or start a new run"),
 ])
 def test_rejected_commands_leave_a_finished_run_untouched(finished, args, message):

@@ -79,12 +79,11 @@ def read_data(cfg: RunConfig, world: int) -> tuple[Manifest, Manifest]:
     return train, evals
 
 
-def check_batch(cfg: RunConfig, train: Manifest, world: int) -> tuple[int, int]:
+def check_batch(cfg: RunConfig, train: Manifest, world: int, notes: list[str]) -> tuple[int, int]:
     micro, accum = batch_layout(cfg, world)
-    if cfg.optim.batch_size > train.num_samples:
-        raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} is larger than the {train.num_samples} samples of "
-                          f"'{train.split}' in {train.root}: no full step could be taken; use a batch of at most "
-                          f"{train.num_samples}")
+    if cfg.optim.batch_size > train.num_samples:  # full-batch steps: allowed (a probe may want them), but said
+        notes.append(f"note: optim.batch_size={cfg.optim.batch_size} is larger than the {train.num_samples} samples of "
+                     f"'{train.split}': every epoch is a single step over all of them")
     return micro, accum
 
 
@@ -151,10 +150,10 @@ def check_wandb(project: str | None) -> None:
 def preflight(cfg: RunConfig) -> Plan:
     rank, world, _, _ = detect()
     train, evals = read_data(cfg, world)
-    micro, accum = check_batch(cfg, train, world)
+    notes: list[str] = []
+    micro, accum = check_batch(cfg, train, world, notes)
     check_files(cfg, train)
     signature = run_signature(cfg, train, world, micro, accum)
-    notes: list[str] = []
     launch = launch_id()
     run = RunDir(cfg.out)
     ckpt = check_run_dir(cfg, run, signature, launch, notes)

@@ -46,6 +46,7 @@ class AdaptFormer(PeftMethod):
     identity_at_init = True
     site = "adaptformer"  # parallel to the FFN
     learnable_scale = True
+    size_parameter = "r"
 
     def apply(self, vit, num_classes: int) -> dict:
         layers = self.layers(vit)
