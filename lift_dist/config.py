@@ -18,10 +18,11 @@ import yaml
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from lift_dist.errors import ConfigError
-from lift_dist.head_init import INIT_METHODS, PROMPTS
-from lift_dist.heads import HEADS
+from lift_dist.head_init import INIT_ALIASES, INIT_METHODS, PROMPT_ALIASES, PROMPTS
+from lift_dist.heads import HEAD_ALIASES, HEADS
 from lift_dist.losses import LOSSES
 from lift_dist.model import registry as model_registry
+from lift_dist.peft import ALIASES as PEFT_ALIASES
 from lift_dist.peft import REGISTRY as PEFT_REGISTRY
 from lift_dist.peft import check_configs, make_configs
 from lift_dist.peft.base import BottleneckR, LayerSpec
@@ -29,7 +30,8 @@ from lift_dist.presets import RECIPES, available_presets, preset_layers
 from lift_dist.transform_names import AUGMENTATIONS, INTERPOLATION_NAMES, MDA_SCHEDULES, TTE_MODES
 from lift_dist.validation import Strict, validate
 
-SECTIONS = ("model", "data", "optim")
+SECTIONS = ("model", "data", "optim", "metrics")
+GROUP_SOURCES = ("own", "cifar100_ir100")
 
 PeftName = Literal[tuple(PEFT_REGISTRY)]
 NonNegative = Annotated[int, Field(ge=0)]
@@ -40,10 +42,18 @@ SplitName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 
 def _comma_list(v):
-    """`--set model.peft=lora,ssf` and `--peft lora` give a list."""
+    """`--set model.peft=lora,ssf` and `--peft lora` give a list; the papers' names are accepted too."""
     if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return v
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    return [PEFT_ALIASES.get(m, m) if isinstance(m, str) else m for m in v] if isinstance(v, list) else v
+
+
+def _alias(table: dict):
+    return BeforeValidator(lambda v: table.get(v, v) if isinstance(v, str) else v)
+
+
+def _peft_keys(v):
+    return {PEFT_ALIASES.get(k, k): o for k, o in v.items()} if isinstance(v, dict) else v
 
 
 def absolute_path(v: str | None) -> str | None:
@@ -65,14 +75,18 @@ class ModelConfig(Strict):
     r: BottleneckR | None = None
     alpha: Annotated[float, Field(gt=0, le=1)] | None = None
     layers: LayerSpec | None = None
-    peft_options: dict[PeftName, dict[str, Any]] = {}
+    peft_options: Annotated[dict[PeftName, dict[str, Any]], BeforeValidator(_peft_keys)] = {}
     # A recipe's per-method options, used only for the methods chosen (peft_options win over them):
     # LIFT+ sizes LoRA with C / (4L), so lift_plus sets {lora: {divisor: 4}} whatever the module.
-    peft_defaults: dict[PeftName, dict[str, Any]] = {}
-    head: Literal[tuple(HEADS)] = "cosine"
+    peft_defaults: Annotated[dict[PeftName, dict[str, Any]], BeforeValidator(_peft_keys)] = {}
+    head: Annotated[Literal[tuple(HEADS)], _alias(HEAD_ALIASES)] = "cosine"
     scale: PositiveFloat = 25.0
-    head_init: Literal[INIT_METHODS] = "semantic"
-    prompt: Literal[PROMPTS] = "default"
+    head_init: Annotated[Literal[INIT_METHODS], _alias(INIT_ALIASES)] = "semantic"
+    # class_mean / linear_probe features: images per class (0: all; LIFT all, LIFT+ 100) and whether the
+    # modules are attached (LIFT+) or the frozen backbone alone gives them (LIFT).
+    head_init_images: NonNegative = 100
+    head_init_features: Literal["with_modules", "frozen"] = "with_modules"
+    prompt: Annotated[Literal[PROMPTS], _alias(PROMPT_ALIASES)] = "default"
     template: str = "a photo of a {}."
     descriptions: str | None = None  # JSON file {class name: [sentences]} for prompt=descriptions
 
@@ -129,6 +143,7 @@ class DataConfig(Strict):
     tte: bool = True
     tte_mode: Literal[TTE_MODES] = "fivecrop"
     tte_expand: NonNegative = 24
+    tte_views: Positive = 1  # randaug: random views per image (LIFT's randaug_times)
     eval_batch_size: Positive = 64
     # Decode large training JPEGs at a reduced DCT scale (shorter side still >= resolution·8/7).
     # Matters for shards built with --no-resize; resized shards (default 256 px) are left as they are.
@@ -168,14 +183,33 @@ class OptimConfig(Strict):
     zero_stage: Literal[0, 1] = 0  # DeepSpeed ZeRO stage
 
 
+class MetricsConfig(Strict):
+    # Which training counts define head (> 100) / medium / tail (< 20): "own" (the training split's,
+    # LIFT+), "cifar100_ir100" (LIFT reports CIFAR-100-LT IR50 / IR10 by the IR100 counts), or a shard
+    # directory whose train split's counts define them.
+    groups_from: str = "own"
+
+    @field_validator("groups_from")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v in GROUP_SOURCES:
+            return v
+        if not _looks_like_path(v):
+            raise ValueError(f"use {', '.join(GROUP_SOURCES)} or a shard directory")
+        return absolute_path(v)
+
+
 class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
+    metrics: MetricsConfig = MetricsConfig()
     out: str = "runs/run"
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    # auto: bf16 autocast on GPU, fp32 on CPU. fp16: the official codes' AMP (fp16 autocast + a gradient
+    # scaler; evaluation in fp32), for GPUs without bf16 or to match their numbers; bf16 needs no scaler.
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: Literal["auto", "always", "never"] = "auto"  # auto: torch.compile the encoder on GPU
     deterministic: bool = False
     resume: str | None = None  # None | latest | path to a checkpoint directory
@@ -192,6 +226,13 @@ class RunConfig(Strict):
     @classmethod
     def _absolute(cls, v):
         return absolute_path(v)
+
+    @model_validator(mode="after")
+    def _fp16_needs_zero0(self):
+        if self.precision == "fp16" and self.optim.zero_stage != 0:
+            raise ConfigError("precision=fp16 scales the loss with DeepSpeed's gradient scaler, which runs with "
+                              "optim.zero_stage=0 only; use precision=bf16 with ZeRO 1")
+        return self
 
     @model_validator(mode="after")
     def _resolution_fits_the_model(self):
@@ -276,5 +317,5 @@ def save_config(cfg: RunConfig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["RECIPES", "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "available_presets", "config_yaml",
+__all__ = ["RECIPES", "DataConfig", "MetricsConfig", "ModelConfig", "OptimConfig", "RunConfig", "available_presets", "config_yaml",
            "load_config", "save_config", "to_dict"]

@@ -6,6 +6,7 @@ All return a (C, F) fp32 CPU tensor of unit-norm rows that `head.set_weight` wri
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +16,10 @@ from lift_dist.errors import ConfigError, DataError, choices
 from lift_dist.heads import unit_uniform_rows
 
 PROMPTS = ("default", "classname", "ensemble", "descriptions")
-INIT_METHODS = ("semantic", "class_mean", "random")
+INIT_METHODS = ("semantic", "class_mean", "linear_probe", "random")
+# The names the papers and official codes use for the same things.
+INIT_ALIASES = {"text_feat": "semantic", "linear_probing": "linear_probe", "none": "random"}
+PROMPT_ALIASES = {"descriptor": "descriptions"}
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
@@ -113,7 +117,7 @@ def semantic_weights(
             raise ConfigError("prompt 'descriptions' needs a dict of sentences per class name")
         groups, missing = [], []
         for raw, spaced in zip(names, shown):
-            sentences = descriptions.get(raw, descriptions.get(spaced))
+            sentences = descriptions.get(spaced, descriptions.get(raw))  # LIFT looks up the '_' -> ' ' name
             if not sentences or isinstance(sentences, str):
                 missing.append(raw)
             else:
@@ -147,6 +151,24 @@ def class_mean_weights(features: torch.Tensor, labels, num_classes: int, class_n
     return F.normalize((sums / counts[:, None]).float(), dim=-1)
 
 
+def linear_probe_weights(features: torch.Tensor, labels, num_classes: int,
+                         class_names: Sequence[str] | None = None) -> torch.Tensor:
+    """LIFT / LIFT+ linear probing: scikit-learn's LogisticRegression(lbfgs, max_iter=100, L2, C=1,
+    class_weight="balanced") on the raw features; the rows of coef_ L2-normalised (intercept dropped).
+    max_iter=100 usually stops before convergence, as in the official code."""
+    from sklearn.linear_model import LogisticRegression  # noqa: PLC0415  (optional: lift-dist[linear-probe])
+
+    class_mean_weights(features, labels, num_classes, class_names)  # the same checks: every class present
+    clf = LogisticRegression(solver="lbfgs", max_iter=100, class_weight="balanced")  # L2, C=1: the defaults
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: expected at max_iter=100
+        clf.fit(torch.as_tensor(features).double().numpy(), torch.as_tensor(labels).long().numpy())
+    coef = torch.as_tensor(clf.coef_, dtype=torch.float32)
+    if num_classes == 2:  # binary: one row for class 1; class 0 is its negation
+        coef = torch.cat([-coef, coef])
+    return F.normalize(coef, dim=-1)
+
+
 def random_weights(num_classes: int, dim: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rows U(-1, 1) renormalised to unit norm (the heads' default init)."""
     return unit_uniform_rows(num_classes, dim, generator)
@@ -172,10 +194,10 @@ def init_head(
         if len(class_names) != C:
             raise DataError(f"{len(class_names)} class names for a head with {C} classes")
         w = semantic_weights(clip_model, tokenizer, class_names, **semantic_options)
-    elif method == "class_mean":
+    elif method in ("class_mean", "linear_probe"):
         if features is None or labels is None:
-            raise ConfigError("class_mean head init needs features and labels")
-        w = class_mean_weights(features, labels, C, class_names)
+            raise ConfigError(f"{method} head init needs features and labels")
+        w = (class_mean_weights if method == "class_mean" else linear_probe_weights)(features, labels, C, class_names)
     elif method == "random":
         w = random_weights(C, D, generator)
     else:

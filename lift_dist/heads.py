@@ -101,7 +101,24 @@ class LinearHead(_Head):
             return F.linear(x.float(), self.weight.float(), self.bias.float())
 
 
-HEADS = {"cosine": CosineHead, "linear": LinearHead, "l2": L2NormHead}
+class LayerNormHead(_Head):
+    """LIFT's LayerNormedClassifier: logits = <LN(x), w/‖w‖>, LN without affine parameters (eps 1e-12);
+    no scale, no bias."""
+
+    def __init__(self, in_dim: int, num_classes: int, scale: float | None = None):
+        super().__init__(in_dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with _fp32(x):
+            x = F.layer_norm(x.float(), (self.in_dim,), eps=1e-12)
+            return F.linear(x, F.normalize(self.weight.float(), dim=-1, eps=1e-12))
+
+
+HEADS = {"cosine": CosineHead, "linear": LinearHead, "l2": L2NormHead, "layernorm": LayerNormHead}
+# The official codes' class names (configs/*.yaml `classifier`), accepted too.
+HEAD_ALIASES = {"CosineClassifier": "cosine", "LinearClassifier": "linear", "L2NormedClassifier": "l2",
+                "L2NormClassifier": "l2", "LayerNormedClassifier": "layernorm", "LayerNormClassifier": "layernorm",
+                "ln": "layernorm"}
 
 
 def build_head(kind: str, in_dim: int, num_classes: int, scale: float = DEFAULT_SCALE) -> nn.Module:

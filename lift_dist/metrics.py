@@ -16,6 +16,12 @@ from lift_dist.data.manifest import GROUPS, group_of
 from lift_dist.errors import DataError
 
 
+def cifar100_lt_counts(imbalance: float, img_max: int = 500, num_classes: int = 100) -> list[int]:
+    """CIFAR-100-LT training counts: n_c = int(img_max · (1/imbalance)^(c / (C − 1))) (LIFT, LIFT+)."""
+    factor = 1.0 / imbalance
+    return [int(img_max * factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
 def _nanmean(values: np.ndarray) -> float:
     values = values[~np.isnan(values)]
     return float(values.mean()) if values.size else math.nan

@@ -23,10 +23,11 @@ from PIL import Image, ImageOps
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
 from lift_dist.engine.evaluate import autocast_context, load_run
+from lift_dist.engine.evaluate import transform_for as evaluation_transform
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.run_dir import RunDir
 from lift_dist.shards.images import to_rgb
-from lift_dist.transforms import average_crop_logits, eval_transform, tte_transform
+from lift_dist.transforms import average_crop_logits
 
 
 def pick_device(name: str) -> torch.device:
@@ -43,10 +44,7 @@ def load_for_inference(run_dir: Path, checkpoint: str | None, device: torch.devi
 
 
 def transform_for(cfg, model, tte: bool):
-    res = cfg.data.resolution or model.encoder.image_size
-    if tte:
-        return tte_transform(res, mode=cfg.data.tte_mode, expand=cfg.data.tte_expand, interpolation=cfg.data.interpolation)
-    return eval_transform(res, interpolation=cfg.data.interpolation)
+    return evaluation_transform(cfg.data, cfg.data.resolution or model.encoder.image_size, tte)
 
 
 @torch.no_grad()

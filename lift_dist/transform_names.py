@@ -3,5 +3,5 @@ configuration checks its settings against these before anything heavy is importe
 
 INTERPOLATION_NAMES = ("bilinear", "bicubic")
 MDA_SCHEDULES = ("convex", "linear", "concave", "min", "max")
-TTE_MODES = ("fivecrop", "tencrop")
+TTE_MODES = ("fivecrop", "tencrop", "randaug")  # randaug: LIFT's random views (RandomResizedCrop + flip)
 AUGMENTATIONS = ("lift", "mda", "none")  # LIFT RandomResizedCrop + flip | LIFT+ minimalist | eval transform

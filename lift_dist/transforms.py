@@ -245,6 +245,13 @@ def eval_transform(res: int, interpolation="bilinear") -> T.Compose:
     return T.Compose([Resize(res * 8 // 7, interpolation=_interp(interpolation)), T.CenterCrop(res), T.ToTensor(), _normalize()])
 
 
+def plain_transform(res: int, interpolation="bilinear") -> T.Compose:
+    """Resize(res) on the shorter side + CenterCrop(res): the official codes' `transform_plain`, which
+    gives the class-mean and linear-probe head-init features (not the test transform's 8/7 resize)."""
+    res = _check_res(res)
+    return T.Compose([Resize(res, interpolation=_interp(interpolation)), T.CenterCrop(res), T.ToTensor(), _normalize()])
+
+
 class _StackCrops:
     """Tuple of PIL crops → normalised (n, 3, H, W) tensor."""
 
@@ -258,15 +265,33 @@ class _StackCrops:
         return "StackCrops(ToTensor, Normalize)"
 
 
-def tte_transform(res: int, mode: str = "fivecrop", expand: int = 24, interpolation="bilinear") -> T.Compose:
+class RandomViews:
+    """`views` independent RandomResizedCrop(res) + horizontal-flip views of one image (LIFT's `randaug`
+    test-time mode, despite its name no RandAugment)."""
+
+    def __init__(self, res: int, views: int, interpolation: InterpolationMode):
+        self.views = views
+        self.view = T.Compose([RandomResizedCrop(res, interpolation=interpolation), T.RandomHorizontalFlip()])
+
+    def __call__(self, img):
+        return tuple(self.view(img) for _ in range(self.views))
+
+    def __repr__(self) -> str:
+        return f"RandomViews(views={self.views}, {self.view!r})"
+
+
+def tte_transform(res: int, mode: str = "fivecrop", expand: int = 24, interpolation="bilinear", views: int = 1) -> T.Compose:
     """Test-time expansion: Resize(res + expand) on the shorter side, then the 4 corners + centre of
     the whole (non-square) resized image; `tencrop` adds their horizontal flips (torchvision order:
-    5 crops, then the 5 crops of the flipped image). Output (n, 3, res, res)."""
+    5 crops, then the 5 crops of the flipped image); `randaug` takes `views` random views of the
+    original image instead (RandomResizedCrop + flip, no resize first). Output (n, 3, res, res)."""
     res = _check_res(res)
     if mode not in TTE_MODES:
         raise ConfigError(f"unknown TTE mode '{mode}'; valid: {choices(TTE_MODES)}")
     if isinstance(expand, bool) or not isinstance(expand, int) or expand < 0:
         raise ConfigError(f"TTE expand must be a non-negative integer, got {expand!r}")
+    if mode == "randaug":
+        return T.Compose([RandomViews(res, views, _interp(interpolation)), _StackCrops()])
     crops = T.FiveCrop(res) if mode == "fivecrop" else T.TenCrop(res)
     return T.Compose([T.Resize(res + expand, interpolation=_interp(interpolation)), crops, _StackCrops()])
 

@@ -162,6 +162,7 @@ class ShardStream(IterableDataset):
         chunk: int = 16,
         decode_min_side: int | None = None,
         decode_to_tensor: bool = False,
+        reseed: bool | None = None,
     ):
         super().__init__()
         self.files = [str(f) for f in manifest.shard_files]
@@ -171,6 +172,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
         self.samples_per_rank, self.chunk, self.decode_min_side = samples_per_rank, chunk, decode_min_side
         self.decode_to_tensor = decode_to_tensor  # the transform must take uint8 tensors (transforms.uint8_output)
+        self.reseed = train if reseed is None else reseed  # seed the transform's randomness per sample
 
     def _urls(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict]:
         if self.resampled:
@@ -205,7 +207,7 @@ class ShardStream(IterableDataset):
             url = sample.get("__url__", "?")
             seen[url] = seen.get(url, 0) + 1
             img, label, key = decode_sample(sample, self.num_classes, self.decode_min_side, self.decode_to_tensor)
-            if self.train:
+            if self.reseed:
                 # Per-sample seed: augmentation independent of worker count and replayable.
                 # (CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack trace, per sample.)
                 torch.default_generator.manual_seed(_stable_seed("aug", self.seed, epoch, key, seen[url] if self.resampled else 0))

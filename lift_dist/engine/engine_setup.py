@@ -71,10 +71,17 @@ def deepspeed_config(cfg: RunConfig, micro: int, accum: int, world: int, precisi
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "comms_logger": {"enabled": os.environ.get("LIFT_DIST_COMMS_LOG") == "1", "prof_all": True, "verbose": False},
-        # DeepSpeed switches off an outer torch.autocast inside its engine; bf16 must be configured
-        # here. No module is listed as lower-precision-safe, so gradients are all-reduced in fp32.
-        "torch_autocast": {"enabled": precision == "bf16", "dtype": "bfloat16", "lower_precision_safe_modules": []},
+        # DeepSpeed switches off an outer torch.autocast inside its engine; the precision must be configured
+        # here. No module is listed as lower-precision-safe, so gradients are all-reduced in fp32. fp16
+        # (the official codes' AMP) comes with DeepSpeed's torch GradScaler (ZeRO 0, checked in the config).
+        "torch_autocast": {"enabled": precision in ("bf16", "fp16"), "dtype": "float16" if precision == "fp16" else "bfloat16",
+                           "lower_precision_safe_modules": []},
     }
+
+
+def grad_scaler(engine):
+    """The loss scaler of an fp16 (AMP) engine, or None: its state belongs in the checkpoint."""
+    return getattr(engine, "torch_autocast_z0_gradscaler", None)
 
 
 def build_engine(model, params, cfg: RunConfig, plan, precision: str):

@@ -19,45 +19,37 @@ from lift_dist.transforms import average_crop_logits, eval_transform, tte_transf
 
 
 def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast for bf16 runs; fp16 (AMP) runs evaluate in fp32, as LIFT does."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+def transform_for(d, resolution: int, tte: bool):
+    """The evaluation transform of data settings `d`: test-time ensembling or resize + centre crop."""
+    if tte:
+        return tte_transform(resolution, mode=d.tte_mode, expand=d.tte_expand, interpolation=d.interpolation, views=d.tte_views)
+    return eval_transform(resolution, interpolation=d.interpolation)
+
+
 @torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    manifest: Manifest,
-    train_counts,
-    *,
-    resolution: int,
-    interpolation: str,
-    tte: bool,
-    tte_mode: str = "fivecrop",
-    tte_expand: int = 24,
-    batch_size: int = 64,
-    workers: int = 1,
-    rank: int = 0,
-    world: int = 1,
-    device: torch.device = torch.device("cpu"),
-    precision: str = "fp32",
-) -> dict:
-    """Return metrics (overall, mean_class, head, medium, tail, per_class ...) over the whole split."""
-    num_classes = len(train_counts)
-    transform = (
-        tte_transform(resolution, mode=tte_mode, expand=tte_expand, interpolation=interpolation)
-        if tte
-        else eval_transform(resolution, interpolation=interpolation)
-    )
+def evaluate(model: torch.nn.Module, manifest: Manifest, group_counts, d, *, resolution: int, tte: bool, rank: int = 0,
+             world: int = 1, device: torch.device | None = None, precision: str = "fp32", workers: int | None = None) -> dict:
+    """Metrics (overall, mean_class, head, medium, tail, per_class, confusions ...) over the whole split;
+    `group_counts` (training counts) define head / medium / tail; `d` is the run's DataConfig."""
+    device = device or torch.device("cpu")
+    num_classes = len(group_counts)
     plan = ShardPlan(len(manifest.shard_files), manifest.shard_samples, seed=0, world=world)
-    workers = max(0, min(workers, len(plan.rank_shards(0, rank, shuffle=False))))
-    stream = ShardStream(manifest, plan, rank, FixedEpoch(), transform, train=False, num_classes=num_classes)
+    workers = max(0, min(min(d.workers, 2) if workers is None else workers, len(plan.rank_shards(0, rank, shuffle=False))))
+    random_views = tte and d.tte_mode == "randaug"  # seeded per sample, like training: the same views every time
+    stream = ShardStream(manifest, plan, rank, FixedEpoch(), transform_for(d, resolution, tte), train=False,
+                         num_classes=num_classes, reseed=random_views)
     loader = make_loader(stream, workers)
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(num_classes)
     confusions: dict[tuple[int, int], int] = {}  # (true, predicted) -> count, mistakes only (sparse)
-    for images, labels, _ in rebatch(iter(loader), batch_size):
+    for images, labels, _ in rebatch(iter(loader), d.eval_batch_size):
         images = images.to(device, non_blocking=True)
         with autocast_context(device, precision):
             logits = average_crop_logits(model, images) if tte else model(images)
@@ -70,16 +62,21 @@ def evaluate(
     model.train(was_training)
     for t in (acc.correct, acc.total):
         all_reduce_sum_(t, device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, confusions)
-        confusions = {}
-        for part in gathered:
-            for k, v in part.items():
-                confusions[k] = confusions.get(k, 0) + v
-    out = acc.compute(train_counts)
-    out["confusions"] = confusions
+    out = acc.compute(group_counts)
+    out["confusions"] = _gather_confusions(confusions)
     return out
+
+
+def _gather_confusions(confusions: dict) -> dict:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return confusions
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, confusions)
+    total: dict = {}
+    for part in gathered:
+        for k, v in part.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def load_run(run_dir, checkpoint_dir=None, num_classes: int | None = None):

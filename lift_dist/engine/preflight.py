@@ -15,12 +15,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lift_dist.config import RunConfig
 from lift_dist.data.manifest import Manifest, read_manifest
 from lift_dist.engine import checkpoint
 from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError, DataError, RunDirError
 from lift_dist.losses import build_loss
+from lift_dist.metrics import cifar100_lt_counts
 from lift_dist.run_dir import RunDir, launch_id
 
 
@@ -36,6 +39,7 @@ class Plan:
     accum: int
     signature: dict
     resume: checkpoint.Checkpoint | None = None
+    group_counts: np.ndarray | None = None  # the training counts that define head / medium / tail
     launch: str = ""
     notes: list[str] = field(default_factory=list)  # logged once the run directory is set up
 
@@ -105,9 +109,29 @@ def check_files(cfg: RunConfig, train: Manifest) -> None:
         raise ConfigError(f"data.feature_cache={cfg.data.feature_cache} exists and is not a directory")
     build_loss(cfg.optim.loss, train.train_counts, scale=cfg.model.scale)  # e.g. LA needs every class present
     check_wandb(cfg.wandb_project)
-    if m.head_init == "class_mean" and (train.train_counts == 0).any():
+    if m.head_init == "linear_probe" and importlib.util.find_spec("sklearn") is None:
+        raise ConfigError("model.head_init=linear_probe fits scikit-learn's LogisticRegression: pip install scikit-learn "
+                          "(or lift-dist[linear-probe])")
+    if m.head_init in ("class_mean", "linear_probe") and (train.train_counts == 0).any():
         empty = [train.class_names[i] for i in (train.train_counts == 0).nonzero()[0][:5]]
-        raise DataError(f"model.head_init=class_mean needs a training image of every class; none for {', '.join(empty)}")
+        raise DataError(f"model.head_init={m.head_init} needs a training image of every class; none for {', '.join(empty)}")
+
+
+def group_counts(cfg: RunConfig, train: Manifest) -> np.ndarray:
+    """metrics.groups_from: the split's own counts, CIFAR-100-LT IR100's (LIFT on IR50 / IR10), or another
+    shard set's training counts (same classes)."""
+    source = cfg.metrics.groups_from
+    if source == "own":
+        return train.train_counts
+    if source == "cifar100_ir100":
+        if train.num_classes != 100:
+            raise ConfigError(f"metrics.groups_from=cifar100_ir100 needs the 100 CIFAR-100 classes, the shards have "
+                              f"{train.num_classes}")
+        return np.asarray(cifar100_lt_counts(100), dtype=np.int64)
+    other = read_manifest(source, "train")
+    if other.class_names != train.class_names:
+        raise ConfigError(f"metrics.groups_from={source}: its classes differ from the training shards'")
+    return other.train_counts
 
 
 def run_signature(cfg: RunConfig, train: Manifest, world: int, micro: int, accum: int) -> dict:
@@ -156,8 +180,9 @@ def preflight(cfg: RunConfig) -> Plan:
     signature = run_signature(cfg, train, world, micro, accum)
     launch = launch_id()
     run = RunDir(cfg.out)
+    counts = group_counts(cfg, train)
     ckpt = check_run_dir(cfg, run, signature, launch, notes)
-    return Plan(cfg, run, rank, world, train, evals, micro, accum, signature, ckpt, launch, notes)
+    return Plan(cfg, run, rank, world, train, evals, micro, accum, signature, ckpt, counts, launch, notes)
 
 
 __all__ = ["Plan", "batch_layout", "preflight", "run_signature"]

@@ -22,10 +22,11 @@ import torch.distributed as dist
 from deepspeed.comm import comm as ds_comm
 
 from lift_dist.config import RunConfig
+from lift_dist.data.manifest import group_of
 from lift_dist.engine.checkpoint import Checkpointer
 from lift_dist.engine.collectives import all_reduce_sum_
 from lift_dist.engine.distributed import DistInfo, setup
-from lift_dist.engine.engine_setup import build_engine, build_model_on, lr_factor, seed_everything
+from lift_dist.engine.engine_setup import build_engine, build_model_on, grad_scaler, lr_factor, seed_everything
 from lift_dist.engine.evaluate import evaluate
 from lift_dist.engine.feature_cache import FeatureCache
 from lift_dist.engine.logger import MetricsLogger
@@ -102,11 +103,12 @@ class Trainer:
         cfg, info, plan = self.cfg, self.info, self.plan
         seed_everything(cfg.seed, cfg.deterministic)
         self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if info.device.type == "cuda" else "fp32")
+        self.groups = [group_of(int(c)) for c in plan.group_counts]
         self.model, self.resolution = build_model_on(cfg, plan, info)
         cfg.data.resolution = self.resolution  # config.yaml records the resolved resolution
         if info.is_main:
             self.run.write_config(cfg)
-            self.run.write_classes(plan.train.class_names, plan.train.train_counts, plan.train.groups)
+            self.run.write_classes(plan.train.class_names, plan.train.train_counts, self.groups, cfg.metrics.groups_from)
         self.params = [p for _, p in self.model.trainable_named_parameters()]
         self.engine = build_engine(self.model, self.params, cfg, plan, self.precision)
         self.loss_fn = build_loss(cfg.optim.loss, torch.as_tensor(plan.train.train_counts), scale=cfg.model.scale).to(info.device)
@@ -132,6 +134,8 @@ class Trainer:
             self.progress = Progress(s["epoch"], s["step_in_epoch"], s["global_step"])
             if self.progress.step > 0 and "meter" in saved:
                 self.meter = EpochMeter(**saved["meter"])
+            if grad_scaler(self.engine) is not None and "grad_scaler" in saved:
+                grad_scaler(self.engine).load_state_dict(saved["grad_scaler"])
             self.guard.last_good = str(ckpt.path)
             self.log.info(f"resumed from {ckpt.path} at epoch {self.progress.epoch + 1}, step {self.progress.step} of the epoch")
         if self.info.is_main:
@@ -251,7 +255,10 @@ class Trainer:
         p = self.progress
         state = {"epoch": p.epoch + 1 if completed else p.epoch, "step_in_epoch": 0 if completed else p.step,
                  "global_step": p.global_step, "run": self.plan.signature}
-        path = self.checkpointer.save(p.global_step, self.model, self.engine.optimizer, state, {"meter": asdict(self.meter)})
+        rank_state = {"meter": asdict(self.meter)}
+        if grad_scaler(self.engine) is not None:
+            rank_state["grad_scaler"] = grad_scaler(self.engine).state_dict()
+        path = self.checkpointer.save(p.global_step, self.model, self.engine.optimizer, state, rank_state)
         self.guard.last_good = str(path)
 
     def _stop_on_signal(self) -> None:
@@ -284,11 +291,8 @@ class Trainer:
                       + (f", {self.plan.eval.split} {entry['eval']}" if "eval" in entry else ""))
 
     def evaluate(self, tte: bool) -> dict:
-        d = self.cfg.data
-        return evaluate(self.model, self.plan.eval, self.plan.train.train_counts, resolution=self.resolution,
-                        interpolation=d.interpolation, tte=tte, tte_mode=d.tte_mode, tte_expand=d.tte_expand,
-                        batch_size=d.eval_batch_size, workers=min(d.workers, 2), rank=self.info.rank,
-                        world=self.info.world, device=self.info.device, precision=self.precision)
+        return evaluate(self.model, self.plan.eval, self.plan.group_counts, self.cfg.data, resolution=self.resolution, tte=tte,
+                        rank=self.info.rank, world=self.info.world, device=self.info.device, precision=self.precision)
 
     # ---- the end -------------------------------------------------------------------------------------
     def finish(self, train_time: float) -> dict:
@@ -300,7 +304,7 @@ class Trainer:
         metrics = self._final_metrics(results, train_time)
         if self.info.is_main:
             self.run.write_confusions(results)
-            self.run.write_per_class(results, self.plan.train.class_names, self.plan.train.train_counts, self.plan.train.groups)
+            self.run.write_per_class(results, self.plan.train.class_names, self.plan.train.train_counts, self.groups)
             self.run.write_metrics(metrics)  # last: its presence means the run finished
         final = metrics["tte" if self.cfg.data.tte else "no_tte"]
         self.log.scalars(final, self.progress.global_step, self.plan.eval.split)
@@ -319,6 +323,7 @@ class Trainer:
             "global_batch": cfg.optim.batch_size, "micro_batch": self.plan.micro, "accumulation": self.plan.accum,
             "eval_split": self.plan.eval.split, "eval_samples": int(sum(final["per_class_count"])),
             "train_time_s": train_time, "model": cfg.model.name, "modules": list(cfg.model.peft),
+            "groups_from": cfg.metrics.groups_from, "group_classes": final["group_classes"],
         }
         return metrics | {mode: summary_metrics(m) for mode, m in results.items()}
 

@@ -20,6 +20,8 @@ The output is ln_post(CLS) *before* the visual projection.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -169,6 +171,20 @@ class PeftViT(nn.Module):
         for blk in self.blocks:
             x = blk(x, self.seq_len)
         return self.ln_post(x[:, 0])
+
+    @contextlib.contextmanager
+    def without_modules(self):
+        """The pretrained encoder alone for a while: every module site and weight provider detached
+        (LIFT's `use_tuner=False`, for the head-init features); unfrozen pretrained tensors stay, and
+        are still the pretrained values before training."""
+        saved = [(blk.sites, blk.weights) for blk in self.blocks]
+        for blk in self.blocks:
+            blk.sites, blk.weights = nn.ModuleDict(), nn.ModuleDict()
+        try:
+            yield self
+        finally:
+            for blk, (sites, weights) in zip(self.blocks, saved):
+                blk.sites, blk.weights = sites, weights
 
     # ---- split at a frozen prefix (cached features) -------------------------------------------
     def frozen_prefix(self) -> int:

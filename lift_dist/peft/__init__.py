@@ -27,9 +27,15 @@ REGISTRY: dict[str, type[PeftMethod]] = {
     for m in (AdaptFormer, Adapter, Lora, VptShallow, VptDeep, BitFit, LayerNormTuning, Ssf, Sparse, Partial, Full, HeadOnly)
 }
 DEFAULT = "adaptformer"
+# The names the papers and the official codes' flags use (LIFT: bias_tuning, ln_tuning, mask, full_tuning,
+# vpt_shallow / vpt_deep; LIFT+: bitfit, pt, aft, fft), accepted for the registry names.
+ALIASES = {"layernorm": "ln", "ln_tuning": "ln", "bias": "bitfit", "bias_tuning": "bitfit", "mask": "sparse", "aft": "sparse",
+           "full_tuning": "full", "fft": "full", "vpt_shallow": "vpt-shallow", "vpt_deep": "vpt-deep", "pt": "vpt-deep",
+           "lp": "none", "classifier": "none"}
 
 
 def method_class(name: str) -> type[PeftMethod]:
+    name = ALIASES.get(name, name)
     if name not in REGISTRY:
         raise ConfigError(f"unknown lightweight module '{name}'; valid: {choices(REGISTRY)}")
     return REGISTRY[name]
@@ -103,5 +109,5 @@ def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> 
     return info
 
 
-__all__ = ["REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "check_configs", "apply_peft", "method_class",
+__all__ = ["ALIASES", "REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "check_configs", "apply_peft", "method_class",
            "select_layers"]

@@ -4,12 +4,11 @@ so the block starts as the exact identity."""
 
 from __future__ import annotations
 
-from lift_dist.peft.adaptformer import AdaptFormer
-from lift_dist.peft.base import BottleneckR, PeftConfig
+from lift_dist.peft.adaptformer import AdaptFormer, AdaptFormerConfig
 
 
-class AdapterConfig(PeftConfig):
-    r: BottleneckR | None = None
+class AdapterConfig(AdaptFormerConfig):
+    """The same options as AdaptFormer's (r, r_blocks, down_init)."""
 
 
 class Adapter(AdaptFormer):

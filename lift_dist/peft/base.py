@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import torch.nn as nn
 from pydantic import AfterValidator, Field
@@ -34,6 +34,9 @@ def _check_layer_spec(spec):
 # 'all', 'none', 'last:K', '0,3,11', an int K (= last:K) or a list of indices.
 LayerSpec = Annotated[int | list[int] | str, AfterValidator(_check_layer_spec)]
 BottleneckR = Annotated[int, Field(ge=1)]
+# Which blocks a default size is spread over: LIFT divides by all blocks of the backbone whatever the
+# selection (models/peft_vit.py), LIFT+ by the selected ones (trainer.py).
+SizeBlocks = Literal["all", "selected"]
 
 
 class PeftConfig(Strict):
@@ -76,6 +79,10 @@ def default_bottleneck(num_classes: int, num_layers: int, divisor: int = 2) -> i
     if num_layers == 0:
         return 1
     return 2 ** max(0, math.floor(math.log2(num_classes / (divisor * num_layers))))
+
+
+def size_blocks(rule: str, vit, layers: list[int]) -> int:
+    return vit.num_layers if rule == "all" else len(layers)
 
 
 class PeftMethod:

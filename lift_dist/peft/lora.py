@@ -14,13 +14,14 @@ import torch
 import torch.nn as nn
 from pydantic import Field
 
-from lift_dist.peft.base import BottleneckR, PeftConfig, PeftMethod, default_bottleneck
+from lift_dist.peft.base import BottleneckR, PeftConfig, PeftMethod, SizeBlocks, default_bottleneck, size_blocks
 
 
 class LoraConfig(PeftConfig):
     r: BottleneckR | None = None
-    # Default r = 2^floor(log2(C / (divisor * L))): LIFT uses 2, LIFT+ uses 4.
+    # Default r = 2^floor(log2(C / (divisor * L))): LIFT uses 2 and all blocks, LIFT+ 4 and the selected ones.
     divisor: Annotated[int, Field(ge=1)] = 2
+    r_blocks: SizeBlocks = "all"
 
 
 class LowRankDelta(nn.Module):
@@ -43,7 +44,7 @@ class Lora(PeftMethod):
 
     def apply(self, vit, num_classes: int) -> dict:
         layers = self.layers(vit)
-        r = self.config.r or default_bottleneck(num_classes, len(layers), self.config.divisor)
+        r = self.config.r or default_bottleneck(num_classes, size_blocks(self.config.r_blocks, vit, layers), self.config.divisor)
         for i in layers:
             vit.blocks[i].add("lora_q", LowRankDelta(vit.width, r), self.name)
             vit.blocks[i].add("lora_v", LowRankDelta(vit.width, r), self.name)

@@ -30,6 +30,12 @@ def _read(name: str) -> dict:
     return yaml.safe_load(path.read_text()) or {}
 
 
+def recipe_layer(recipe: str) -> dict:
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe '{recipe}'; valid: {', '.join(RECIPES)}")
+    return _read(recipe)
+
+
 def preset_layers(preset: str) -> list[tuple[str, dict]]:
     """The YAML layers of a preset, in the order they apply, each with where it came from."""
     dataset, _, recipe = preset.partition("/")

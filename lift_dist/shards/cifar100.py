@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lift_dist.errors import ConfigError, DataError
+from lift_dist.metrics import cifar100_lt_counts
 from lift_dist.shards.index import ClassTable, Item, SourceIndex, TrainClasses, check_same_classes, json_bytes
 
 MEMBERS = {"train": "train", "test": "test", "meta": "meta"}
@@ -49,8 +50,7 @@ def _load_member(tar: tarfile.TarFile, archive: Path, name: str) -> dict:
 
 
 def long_tail_counts(imbalance: float, img_max: int = IMG_MAX, num_classes: int = NUM_CLASSES) -> list[int]:
-    factor = 1.0 / imbalance
-    return [int(img_max * factor ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+    return cifar100_lt_counts(imbalance, img_max, num_classes)
 
 
 def long_tail_indices(targets: np.ndarray, imbalance: float, names: list[str] | None = None) -> np.ndarray:

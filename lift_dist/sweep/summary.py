@@ -76,8 +76,9 @@ def evaluate_on_test(run_dir: Path, shards: Path, base, device: str = "auto") ->
     model.to(dev)
     train_m, test_m = read_manifest(shards, base.data.train_split), read_manifest(shards, base.data.eval_split)
     res = cfg.data.resolution or model.encoder.image_size
-    m = evaluate(model, test_m, train_m.train_counts, resolution=res, interpolation=cfg.data.interpolation,
-                 tte=base.data.tte, tte_mode=base.data.tte_mode, tte_expand=base.data.tte_expand, workers=1, device=dev,
+    d = cfg.data.model_copy(update={"tte": base.data.tte, "tte_mode": base.data.tte_mode, "tte_expand": base.data.tte_expand,
+                                    "tte_views": base.data.tte_views})
+    m = evaluate(model, test_m, train_m.train_counts, d, resolution=res, tte=base.data.tte, workers=1, device=dev,
                  precision="bf16" if dev.type == "cuda" else "fp32")
     return summary_metrics(m) | {"split": test_m.split, "tte": base.data.tte, "device": dev.type}
 
