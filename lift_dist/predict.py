@@ -96,7 +96,7 @@ def predict_shards(model, cfg, classes, shards, split, tte, top_k, batch_size, o
     m = read_manifest(shards, split)
     check_labels(m, classes, shards, split)
     stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), transform_for(cfg, model, tte),
-                         train=False, num_classes=m.num_classes)
+                         train=False, num_classes=m.num_classes, reseed=tte and cfg.data.tte_mode == "randaug")
     cols = {"key": [], "label": [], "predicted": [], "probability": [], "top_k_labels": [], "top_k_probabilities": []}
     for x, y, keys in rebatch(iter(make_loader(stream, 1)), batch_size):
         probs = probabilities(model, x, tte)

@@ -187,10 +187,9 @@ def test_linear_probe_init_is_balanced_logistic_regression():
     torch.testing.assert_close(w, torch.nn.functional.normalize(torch.tensor(ref, dtype=torch.float32), dim=1), atol=1e-5, rtol=1e-4)
     cfg = load_config(None, None, ["model.head_init=linear_probing"])
     assert cfg.model.head_init == "linear_probe"
-    assert (load_config("places_lt/lift", None, []).model.head_init_images, load_config("places_lt/lift", None, []).model.head_init_features) \
-        == (0, "frozen")  # LIFT: every image, the frozen backbone
-    assert (load_config("places_lt/lift_plus", None, []).model.head_init_images,
-            load_config("places_lt/lift_plus", None, []).model.head_init_features) == (100, "with_modules")
+    lift, plus = load_config("places_lt/lift", None, []).model, load_config("places_lt/lift_plus", None, []).model
+    assert (lift.head_init_images, lift.head_init_features) == (0, "frozen")  # LIFT: every image, the frozen backbone
+    assert (plus.head_init_images, plus.head_init_features) == (100, "with_modules")  # LIFT+: 100 per class, modules on
 
 
 def test_descriptor_prompts_look_up_the_spaced_class_name():
@@ -230,3 +229,46 @@ def test_params_prints_every_tensor_group():
     assert rows["adaptformer.up.bias"] == ["12", "768", "9,216"]
     assert rows["adaptformer.scale"] == ["12", "1", "12"]
     assert rows["head.weight"] == ["-", "-", "768,000"]
+
+
+# ---- 6. exact inputs ----------------------------------------------------------------------------------
+
+def test_no_resize_shards_with_full_resolution_decoding_give_the_official_inputs(tmp_path):
+    """Shards that keep the original bytes (--no-resize), decoded at full resolution (data.jpeg_draft=false),
+    feed the model what the official code feeds it: the original file decoded, then RandomResizedCrop +
+    flip with the same random draws, up to the <= 2 grey-level rounding of the vectorised resize."""
+    import json
+
+    import webdataset as wds
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from lift_dist.data.manifest import read_manifest
+    from lift_dist.data.pipeline import ShardPlan, ShardStream, _stable_seed, decode_sample, make_loader
+    from lift_dist.shards import build_image_folder
+    from lift_dist.shards.synthetic import photo_jpegs
+    from lift_dist.transforms import SharedEpoch, lift_train_transform, uint8_output
+
+    for i, data in enumerate(photo_jpegs(6, 640, 480, seed=3)):
+        (tmp_path / "img" / f"c{i % 2}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "img" / f"c{i % 2}" / f"{i}.jpg").write_bytes(data)
+    build_image_folder(tmp_path / "img", tmp_path / "shards", "train", resize=None, shard_size=6, progress=False)
+    m = read_manifest(tmp_path / "shards", "train")
+    tf = uint8_output(lift_train_transform(224, interpolation="bilinear"))
+    official = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.PILToTensor()])  # LIFT's train transform
+    ours = {}
+    for sample in wds.WebDataset(str(m.shard_files[0]), shardshuffle=False, empty_check=False):
+        original = tmp_path / "img" / json.loads(sample["json"])["file_name"]
+        assert sample["jpg"] == original.read_bytes()  # --no-resize: the bytes as they were
+        seed = _stable_seed("aug", 0, 0, sample["__key__"], 0)  # the training stream's per-sample seed
+        torch.manual_seed(seed)
+        ours[sample["__key__"]] = tf(decode_sample(sample, 2, min_side=None, as_tensor=True)[0])
+        torch.manual_seed(seed)
+        ref = official(Image.open(original).convert("RGB"))
+        diff = (ours[sample["__key__"]].int() - ref.int()).abs()
+        assert diff.max() <= 2 and diff.float().mean() < 0.3, (original, diff.max())
+    # ... and that is what the stream yields (jpeg_draft=false: no reduced-scale decoding).
+    stream = ShardStream(m, ShardPlan(1, m.shard_samples, 0, 1), 0, SharedEpoch(0), tf, train=True, num_classes=2,
+                         shuffle_buffer=0, seed=0, decode_min_side=None, decode_to_tensor=True)
+    streamed = {k: img for x, _, keys in make_loader(stream, 0) for img, k in zip(x, keys)}
+    assert streamed.keys() == ours.keys() and all(torch.equal(streamed[k], ours[k]) for k in ours)

@@ -23,9 +23,9 @@ def test_default_init_unit_rows_and_registry():
         h = build_head(kind, 16, 5)
         assert h.weight.shape == (5, 16)
         assert torch.allclose(h.weight.norm(dim=1), torch.ones(5), atol=1e-6)
-    assert set(HEADS) == {"cosine", "linear", "l2"}
-    with pytest.raises(ConfigError, match="cosine, l2, linear"):
-        build_head("layernorm", 16, 5)
+    assert set(HEADS) == {"cosine", "linear", "l2", "layernorm"}
+    with pytest.raises(ConfigError, match="cosine, l2, layernorm, linear"):
+        build_head("groupnorm", 16, 5)
     with pytest.raises(ConfigError, match="num_classes"):
         build_head("cosine", 16, 0)
     with pytest.raises(ConfigError, match="scale"):
@@ -151,8 +151,8 @@ def test_random_weights_and_init_head_dispatch(tiny):
     init_head(lin, "class_mean", features=torch.tensor([[2.0, 0.0], [0.0, 3.0]]), labels=[0, 1])
     assert torch.allclose(lin.weight, torch.eye(2)) and torch.all(lin.bias == 0)
     init_head(head, "random", generator=torch.Generator().manual_seed(0))
-    with pytest.raises(ConfigError, match="class_mean, random, semantic"):
-        init_head(head, "linear_probe")
+    with pytest.raises(ConfigError, match="class_mean, linear_probe, random, semantic"):
+        init_head(head, "k_shot")
     with pytest.raises(DataError, match="3 class names"):
         init_head(head, "semantic", clip_model=model, tokenizer=tok, class_names=["a", "b", "c"])
 

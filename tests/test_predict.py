@@ -8,8 +8,11 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 import torch
 from support.runs import REPO, run_env, run_torchrun
+
+pytestmark = pytest.mark.slow  # every test here reads a trained run (real training processes)
 
 
 def predict(*args):

@@ -15,6 +15,8 @@ from lift_dist import report
 from lift_dist.commands import report as report_command
 from lift_dist.errors import DataError
 
+pytestmark = pytest.mark.slow  # every test here reads a trained run (real training processes)
+
 TRAIN = ("--epochs", "2", "--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size", "16",
          "--set", "model.pretrained=null", "--set", "data.tte_expand=8", "--set", "eval_every_epochs=1")
 

@@ -134,6 +134,7 @@ def test_val_split_without_a_train_manifest_says_so(inat_root, tmp_path):
 # ---- LIFT lists: Places-LT --------------------------------------------------------------------
 
 @needs_places
+@pytest.mark.slow  # 62,500 list entries
 def test_places_lt_train_list_counts_and_groups(tmp_path):
     lines = (PLACES / "Places_LT_train.txt").read_text().split("\n")
     entries = [ln.rsplit(" ", 1) for ln in lines if ln.strip()]

@@ -31,6 +31,7 @@ print(json.dumps({"n": idx.n, "bad": len(idx.bad), "classes": len(idx.classes), 
 """
 
 
+@pytest.mark.slow  # 437,513 annotations
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak RSS is read from /proc (Linux)")
 def test_parsing_437k_annotations_stays_far_below_1_gib(tmp_path):
     ann = tmp_path / "train2018.json"

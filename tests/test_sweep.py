@@ -14,6 +14,8 @@ import yaml
 from support.runs import REPO, run_env
 
 from lift_dist.config import load_config
+from lift_dist.errors import ConfigError
+from lift_dist.sweep.space import SIZE_DIMENSIONS, load_space, size_dimension, used_params
 
 SWEEP = [sys.executable, str(REPO / "tune" / "sweep.py")]
 TINY = ["--set", "model.name=tiny", "--set", "model.pretrained=null", "--set", "device=cpu", "--set", "data.workers=1",
@@ -113,21 +115,39 @@ def test_slurm_backend_runs_trials_as_jobs(slurm_cluster, demo_shards, tmp_path)
 @pytest.mark.parametrize(
     "space, message",
     [
-        ({"sigma": {"uniform": [1, 2]}}, "unknown search dimension 'sigma'"),
+        ({"sigma": {"uniform": [1, 2]}}, "unknown search dimension 'sigma'; valid: module, alpha, length, r, scale, lr"),
         ({"scale": {"uniform": [30, 20]}}, "needs [low, high] with low < high"),
         ({"r": {"choice": []}}, "choice needs a non-empty list"),
+        ({"r": {"choice": [0, 4]}}, "'r': sizes must be >= 1"),
         ({"alpha": {"loguniform": [0.01, 2.0]}}, "the sparse fraction must lie in (0, 1]"),
         ({"module": ["adaptformer", "prefix"]}, "unknown module 'prefix'"),
     ],
 )
-def test_invalid_space_fails_before_any_trial(demo_shards, tmp_path, space, message):
+def test_invalid_space_is_named(tmp_path, space, message):
     f = tmp_path / "space.yaml"
     f.write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError) as e:
+        load_space(str(f))
+    assert message in str(e.value)
+
+
+def test_the_space_comes_from_the_module_registry():
+    # Each method declares the option that sizes it; a sweep dimension applies to those methods only.
+    assert SIZE_DIMENSIONS == ["alpha", "length", "r"]
+    assert {m: size_dimension(m) for m in ("adaptformer", "adapter", "lora", "sparse", "vpt-deep", "bitfit")} == \
+        {"adaptformer": "r", "adapter": "r", "lora": "r", "sparse": "alpha", "vpt-deep": "length", "bitfit": None}
+    assert used_params({"module": "sparse", "r": 8, "alpha": 0.01, "lr": 0.1}) == {"module": "sparse", "alpha": 0.01, "lr": 0.1}
+
+
+def test_an_invalid_space_fails_before_any_trial(demo_shards, tmp_path):
+    f = tmp_path / "space.yaml"
+    f.write_text(yaml.safe_dump({"sigma": {"uniform": [1, 2]}}))
     p = sweep("--shards", str(demo_shards), "--out", str(tmp_path / "s"), "--space", str(f), *TINY, check=False)
-    assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
-    assert not (tmp_path / "s" / "tune").exists()
+    assert p.returncode == 2 and "unknown search dimension 'sigma'" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.slow
 def test_missing_shards_and_slurm_without_sbatch(tmp_path):
     p = sweep("--shards", str(tmp_path / "none"), "--out", str(tmp_path / "s"), *TINY, check=False)
     assert p.returncode == 2 and f"shard directory {tmp_path / 'none'} does not exist" in p.stderr

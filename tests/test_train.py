@@ -32,7 +32,7 @@ from lift_dist.model.lift_model import build_model
 from lift_dist.shards import build_image_folder
 from lift_dist.shards.synthetic import photo_jpegs
 from lift_dist.synthetic import write_image_folder
-from lift_dist.transforms import eval_transform
+from lift_dist.transforms import plain_transform
 
 
 @pytest.mark.slow
@@ -327,7 +327,8 @@ def test_class_mean_and_semantic_head_init_in_the_trainer(demo_shards):
     model, clip = build_model(cfg.model, m.num_classes)
     info = DistInfo(0, 1, 0, torch.device("cpu"), "gloo", "single")
     init_head(model, clip, cfg, info, m, 64)
-    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), eval_transform(64),
+    # The official `transform_plain` (Resize + CenterCrop, not the test transform's 8/7 resize).
+    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), plain_transform(64),
                          train=False, num_classes=m.num_classes)
     xs, ys = zip(*[(x, y) for x, y, _ in rebatch(iter(make_loader(stream, 0)), 64)])
     with torch.no_grad():

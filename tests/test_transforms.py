@@ -197,8 +197,8 @@ def test_tencrop_adds_flips():
     # crops of the flipped image: flipped tl = mirrored tr, flipped tr = mirrored tl, ...
     for flipped, original in zip(range(5, 10), (1, 0, 3, 2, 4)):
         assert torch.equal(crops[flipped], crops[original].flip(-1))
-    with pytest.raises(ConfigError, match="fivecrop, tencrop"):
-        tte_transform(32, "randaug")
+    with pytest.raises(ConfigError, match="fivecrop, randaug, tencrop"):
+        tte_transform(32, "sixcrop")
     with pytest.raises(ConfigError, match="expand"):
         tte_transform(32, expand=-1)
 
