@@ -26,7 +26,7 @@ from lift_dist.config import RunConfig, load_config
 from lift_dist.engine.launcher_env import slurm_master_port
 from lift_dist.engine.preflight import check_batch, check_files, check_run_dir, read_data, run_signature
 from lift_dist.engine.trainer import train
-from lift_dist.errors import ConfigError, LiftError
+from lift_dist.errors import ConfigError, LiftError, one_line
 from lift_dist.run_dir import RunDir, launch_id
 from lift_dist.train import config_from_args
 
@@ -47,7 +47,11 @@ class TrainTask:
             RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
             MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(slurm_master_port(str(env.job_id).split("_")[0])),
         )
-        return train(load_config(config_file=self.config_file))
+        try:
+            return train(load_config(config_file=self.config_file))
+        except LiftError as e:  # the one line `lift-dist train` prints, where `launch --wait` finds it
+            print(f"lift-dist train: {getattr(e, 'label', 'error')}: {one_line(e)}", file=sys.stderr, flush=True)
+            raise
 
     def checkpoint(self):
         """Called by submitit on preemption / time-out: requeue the same task (it resumes itself)."""
@@ -207,8 +211,8 @@ def first_task_error(job) -> str | None:
             lines = Path(path).read_text(errors="replace").splitlines()
         except OSError:
             continue
-        hit = next((line for line in lines if ": error: " in line and line.startswith("lift-dist ")), None)
-        if hit:
+        hit = next((line[line.index("lift-dist "):] for line in lines if "lift-dist " in line and ": error: " in line), None)
+        if hit:  # (torch may prefix a rank's stderr lines with "[rankN]:")
             return f"rank {t}: {hit}"
     return None
 
