@@ -57,7 +57,10 @@ def _peft_keys(v):
 
 
 def absolute_path(v: str | None) -> str | None:
-    """Paths are stored absolute, so a config.yaml works from any directory (predict, sweeps, Slurm)."""
+    """Paths are stored absolute, so a config.yaml works from any directory (predict, sweeps, Slurm);
+    URLs stay as they are, file:// becomes the path."""
+    if v is not None and v.startswith("file://"):
+        v = v[len("file://"):]
     if v is None or v == "" or "://" in v:
         return v
     return str(Path(v).expanduser().absolute())
@@ -130,7 +133,12 @@ class ModelConfig(Strict):
 
 
 class DataConfig(Strict):
-    shards: str = ""  # directory built by shards/ (holds {split}-*.tar and manifests)
+    # The shard set: a directory built by `lift-dist shards`, or a URL prefix holding the same files
+    # (http(s)://host/path/, file://, or s3:// gs:// ... read through shard_pipe).
+    shards: str = ""
+    shard_pipe: str | None = None  # command that writes {url} to stdout, e.g. "aws s3 cp {url} -" (webdataset's pipe:)
+    shard_retries: NonNegative = 3  # re-reads of a remote shard or manifest that broke off, with back-off
+    shard_cache: str | None = None  # keep downloaded remote shards in this directory (read once, then locally)
     train_split: SplitName = "train"
     eval_split: SplitName = "test"
     resolution: Positive | None = None  # None: the model's image size
@@ -153,10 +161,17 @@ class DataConfig(Strict):
     feature_cache: str | None = None
     cache_dtype: Literal["float32", "float16"] = "float32"
 
-    @field_validator("shards", "feature_cache")
+    @field_validator("shards", "feature_cache", "shard_cache")
     @classmethod
     def _absolute(cls, v):
         return absolute_path(v)
+
+    @field_validator("shard_pipe")
+    @classmethod
+    def _has_url(cls, v):
+        if v is not None and "{url}" not in v:
+            raise ValueError("the command needs a '{url}' where the shard's URL goes, e.g. 'aws s3 cp {url} -'")
+        return v
 
     @model_validator(mode="after")
     def _cache_needs_fixed_inputs(self):

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -165,9 +167,16 @@ def export(run_dir: Path, out: Path, fmt: str, checkpoint: str | None = None) ->
     return meta
 
 
-def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
-    import onnx  # noqa: PLC0415  (optional: lift-dist[export])
+def _optional(name: str):
+    """onnx / onnxruntime, which only ONNX files need (the `export` extra)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ConfigError(f"ONNX models need the {name} package: pip install 'lift-dist[export]'") from None
 
+
+def _export_onnx(wrapper: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
+    onnx = _optional("onnx")
     torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=["logits"],
                       dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False)
     graph = onnx.load(str(path))
@@ -183,18 +192,18 @@ def read_metadata(path: Path) -> tuple[str, dict]:
     with open(path, "rb") as f:
         head = f.read(8)
     try:
-        if head[:2] == b"PK":  # a zip: TorchScript
-            files = {EXTRA_FILE: ""}
-            torch.jit.load(str(path), map_location="cpu", _extra_files=files)
-            return "torchscript", json.loads(files[EXTRA_FILE])
+        if head[:2] == b"PK":  # a zip: TorchScript, whose extra files are read as plain zip members
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.endswith(f"/extra/{EXTRA_FILE}")), None)
+                if member is None:
+                    raise KeyError(f"no extra/{EXTRA_FILE}")
+                return "torchscript", json.loads(z.read(member))
         if path.suffix == ".onnx":
-            import onnx  # noqa: PLC0415  (optional: lift-dist[export])
-
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            props = {p.key: p.value for p in _optional("onnx").load(str(path), load_external_data=False).metadata_props}
             return "onnx", json.loads(props[EXTRA_FILE])
         with safe_open(str(path), framework="pt") as f:
-            return "safetensors", json.loads(f.metadata()[EXTRA_FILE])
-    except (KeyError, ValueError, RuntimeError, OSError) as e:
+            return "safetensors", json.loads((f.metadata() or {})[EXTRA_FILE])
+    except (KeyError, ValueError, RuntimeError, OSError, zipfile.BadZipFile) as e:
         raise DataError(f"{path} is not a model written by `lift-dist export` ({type(e).__name__}: {e})") from None
 
 
@@ -206,9 +215,7 @@ class ExportedModel:
         self.format, self.meta = read_metadata(self.path)
         self.class_names = self.meta["class_names"]
         if self.format == "onnx":
-            import onnxruntime  # noqa: PLC0415  (optional: lift-dist[export])
-
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+            self.session = _optional("onnxruntime").InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         elif self.format == "torchscript":
             self.module = torch.jit.load(str(self.path), map_location=device).eval()
         else:

@@ -7,6 +7,9 @@ CPU clusters); each task reads its rank, world size, local rank and the node lis
 JobEnvironment, sets MASTER_ADDR to the first node and MASTER_PORT from the job id, and trains with
 `resume=latest`: a requeued job (preemption, time limit, `scontrol requeue`) continues from its newest
 checkpoint. `--kill-on-bad-exit` makes one failed task end the others instead of leaving them waiting.
+
+`lift-dist launch ... -- predict --run RUN --shards DIR --out FILE.parquet` runs distributed prediction
+of a shard split instead (lift_dist.predict): the same tasks, each predicting its share of the shards.
 """
 
 from __future__ import annotations
@@ -21,18 +24,30 @@ from pathlib import Path
 
 import submitit
 
+from lift_dist import cli
 from lift_dist.commands import train as train_command
 from lift_dist.config import RunConfig, load_config
+from lift_dist.data.manifest import read_manifest
 from lift_dist.engine.launcher_env import slurm_master_port
 from lift_dist.engine.preflight import check_batch, check_files, check_run_dir, read_data, run_signature
 from lift_dist.engine.trainer import train
 from lift_dist.errors import ConfigError, LiftError, one_line
+from lift_dist.predict import check_args
 from lift_dist.run_dir import RunDir, launch_id
 from lift_dist.train import config_from_args
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
                 "PREEMPTED", "REVOKED", "SPECIAL_EXIT")
 SRUN_ARGS = ["--kill-on-bad-exit=1"]
+
+
+def set_rank_environment() -> None:
+    """torchrun's variables from submitit's JobEnvironment, for the process group."""
+    env = submitit.JobEnvironment()
+    os.environ.update(
+        RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
+        MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(slurm_master_port(str(env.job_id).split("_")[0])),
+    )
 
 
 class TrainTask:
@@ -42,11 +57,7 @@ class TrainTask:
         self.config_file = str(config_file)
 
     def __call__(self) -> dict:
-        env = submitit.JobEnvironment()
-        os.environ.update(
-            RANK=str(env.global_rank), WORLD_SIZE=str(env.num_tasks), LOCAL_RANK=str(env.local_rank),
-            MASTER_ADDR=env.hostnames[0], MASTER_PORT=str(slurm_master_port(str(env.job_id).split("_")[0])),
-        )
+        set_rank_environment()
         try:
             return train(load_config(config_file=self.config_file))
         except LiftError as e:  # the one line `lift-dist train` prints, where `launch --wait` finds it
@@ -56,6 +67,24 @@ class TrainTask:
     def checkpoint(self):
         """Called by submitit on preemption / time-out: requeue the same task (it resumes itself)."""
         return submitit.helpers.DelayedSubmission(TrainTask(self.config_file))
+
+
+class PredictTask:
+    """Every task runs `lift-dist predict ARGS` on its share of the shards (rank 0 writes the file)."""
+
+    def __init__(self, predict_argv: list[str]):
+        self.predict_argv = list(predict_argv)
+
+    def __call__(self) -> int:
+        set_rank_environment()
+        code = cli.main(["predict", *self.predict_argv])  # a user error is printed as its one line
+        if code:
+            raise RuntimeError(f"lift-dist predict exited with status {code}")
+        return code
+
+    def checkpoint(self):
+        """Preempted: predict again from the start (the Parquet file is only ever written whole)."""
+        return submitit.helpers.DelayedSubmission(PredictTask(self.predict_argv))
 
 
 def tasks_per_node(args) -> int:
@@ -108,6 +137,20 @@ def prepare(train_argv: list[str], world: int, settings_only: bool = False) -> R
     return cfg
 
 
+def prepare_predict(predict_argv: list[str], settings_only: bool = False) -> argparse.Namespace:
+    """Parse and check `predict` arguments before submission: a shard split, readable (unless
+    `settings_only`, a dry run), with --out."""
+    p, _ = cli.command_parser("predict", prog="lift-dist launch -- predict")
+    args = p.parse_args(predict_argv)
+    check_args(args)
+    if not args.shards:
+        raise ConfigError("a launched predict job predicts a shard split: give --shards DIR --out FILE.parquet "
+                          "(image files are predicted on one process with `lift-dist predict`)")
+    if not settings_only:
+        read_manifest(args.shards, args.split, args.shard_pipe)  # a missing split is named now, not in every task
+    return args
+
+
 def slurm_parameters(args) -> dict:
     """What the job asks Slurm for, in submitit's parameter names."""
     params = dict(name=args.job_name, timeout_min=args.time, nodes=args.nodes, tasks_per_node=tasks_per_node(args))
@@ -133,7 +176,7 @@ def make_executor(args):
     return executor
 
 
-def dry_run_text(args, cfg: RunConfig, config_file: Path) -> str:
+def dry_run_text(args, task: str) -> str:
     """The job as sbatch directives (what lift-dist asks submitit for; submitit adds its own --signal and
     log options when it writes the real script) and the command every task runs. Needs no Slurm."""
     p = slurm_parameters(args)
@@ -144,22 +187,32 @@ def dry_run_text(args, cfg: RunConfig, config_file: Path) -> str:
     lines = ["#!/bin/bash"] + [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={v}" for k, v in flags.items() if v is not None]
     lines += ["", f"srun {' '.join(SRUN_ARGS)} {sys.executable} -u -m submitit.core._submit {args.folder}",
               "# each task: RANK=SLURM_PROCID, WORLD_SIZE=SLURM_NTASKS, LOCAL_RANK=SLURM_LOCALID,",
-              "# MASTER_ADDR=<first host of the node list>, MASTER_PORT=15000 + job_id % 15000, then trains from",
-              f"# {config_file} (resume: {cfg.resume}; run directory {cfg.out})"]
+              "# MASTER_ADDR=<first host of the node list>, MASTER_PORT=15000 + job_id % 15000, then",
+              f"# {task}"]
     return "\n".join(lines)
 
 
 def submit(args, train_argv: list[str]) -> int:
     check_cluster(args)
+    if train_argv[:1] == ["predict"]:
+        prepare_predict(train_argv[1:], settings_only=args.dry_run)
+        if args.dry_run:
+            print(dry_run_text(args, f"lift-dist predict {' '.join(train_argv[1:])}"))
+            return 0
+        return start(args, PredictTask(train_argv[1:]))
     cfg = prepare(train_argv, args.nodes * tasks_per_node(args), settings_only=args.dry_run)
     run = RunDir(cfg.out)
     if args.dry_run:
-        print(dry_run_text(args, cfg, run.launch_config))
+        print(dry_run_text(args, f"trains from {run.launch_config} (resume: {cfg.resume}; run directory {cfg.out})"))
         return 0
     run.create()
     run.write_launch_config(cfg)
+    return start(args, TrainTask(str(run.launch_config)))
+
+
+def start(args, task) -> int:
     try:
-        job = make_executor(args).submit(TrainTask(str(run.launch_config)))
+        job = make_executor(args).submit(task)
     except submitit.core.utils.FailedJobError as e:
         msg = str(e).strip().splitlines()
         slurm_msg = next((line for line in msg if "error" in line.lower()), msg[-1] if msg else str(e))

@@ -253,16 +253,24 @@ def plain_transform(res: int, interpolation="bilinear") -> T.Compose:
 
 
 class _StackCrops:
-    """Tuple of PIL crops → normalised (n, 3, H, W) tensor."""
+    """Tuple of PIL crops → normalised (n, 3, H, W) tensor (in [0, 1] with normalize=False)."""
 
-    def __init__(self):
-        self.to_tensor, self.normalize = T.ToTensor(), _normalize()
+    def __init__(self, normalize: bool = True):
+        self.to_tensor, self.normalize = T.ToTensor(), _normalize() if normalize else None
 
     def __call__(self, crops):
-        return self.normalize(torch.stack([self.to_tensor(c) for c in crops]))
+        x = torch.stack([self.to_tensor(c) for c in crops])
+        return self.normalize(x) if self.normalize is not None else x
 
     def __repr__(self) -> str:
-        return "StackCrops(ToTensor, Normalize)"
+        return "StackCrops(ToTensor" + (", Normalize)" if self.normalize is not None else ")")
+
+
+def without_normalize(transform: T.Compose) -> T.Compose:
+    """The same transform ending in [0, 1] tensors: exported models normalise inside."""
+    steps = [(_StackCrops(normalize=False) if isinstance(t, _StackCrops) else t) for t in transform.transforms
+             if not isinstance(t, T.Normalize)]
+    return type(transform)(steps)
 
 
 class RandomViews:

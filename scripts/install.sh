@@ -17,7 +17,7 @@ PYTHON
 }
 key=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)-$(pwd | sha256sum | cut -c1-8)
 stamp="$($PY -c 'import sys; print(sys.prefix)')/.lift-dist-install-$key"
-have_all='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("lift_dist", "torch", "torchvision", "open_clip", "deepspeed", "webdataset", "ray", "submitit", "pyarrow", "pydantic", "ijson", "jinja2", "sklearn", "pytest_timeout", "ruff")))'
+have_all='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("lift_dist", "torch", "torchvision", "open_clip", "deepspeed", "webdataset", "ray", "submitit", "pyarrow", "pydantic", "ijson", "jinja2", "sklearn", "onnx", "onnxruntime", "pytest_timeout", "ruff")))'
 if [ -f "$stamp" ] && $PY -c "$have_all" 2>/dev/null; then
   exit 0
 fi

@@ -129,6 +129,21 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
     assert p.returncode == 2 and "optim.loss='lsa' is not valid" in p.stderr and "Traceback" not in p.stderr
 
 
+def test_launched_prediction_is_checked_before_submission(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(sys.executable, bin_dir / "python3")
+    env = run_env(PATH=str(bin_dir))
+    p = launch("--nodes", "2", "--dry-run", "--", "predict", "--run", "/runs/r", "--shards", "/data/s", "--out", "/p.parquet", env=env)
+    assert p.returncode == 0 and "#SBATCH --nodes=2" in p.stdout
+    assert "# lift-dist predict --run /runs/r --shards /data/s --out /p.parquet" in p.stdout
+    p = launch("--dry-run", "--", "predict", "--run", "/runs/r", "photo.jpg", env=env)
+    assert p.returncode == 2 and "a launched predict job predicts a shard split: give --shards DIR" in p.stderr
+    p = launch("--local", "--", "predict", "--run", "/runs/r", "--shards", str(tmp_path / "none"), "--out", "p.parquet", env=env)
+    assert p.returncode == 2 and str(tmp_path / "none") in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "p.parquet").exists()
+
+
 @pytest.mark.slow
 def test_local_executor_runs_the_same_path(demo_shards, tmp_path):
     p = launch("--local", "--nodes", "1", "--tasks-per-node", "2", "--folder", str(tmp_path / "l" / "%j"), "--wait",

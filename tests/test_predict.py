@@ -97,7 +97,7 @@ def test_exif_orientation_applied_and_shard_labels_checked(trained_run, demo_sha
     classes["names"] = classes["names"][::-1]
     (renamed / "classes.json").write_text(json.dumps(classes))
     p = predict("--run", str(renamed), "--shards", str(demo_shards), "--split", "test", "--out", str(tmp_path / "p.parquet"))
-    assert p.returncode == 2 and "labels classes differently from the run" in p.stderr and f"'{names[0]}' there" in p.stderr
+    assert p.returncode == 2 and "labels classes differently from the model" in p.stderr and f"'{names[0]}' there" in p.stderr
     assert not (tmp_path / "p.parquet").exists()
 
 
@@ -109,3 +109,24 @@ def test_device_is_chosen_and_a_missing_gpu_is_named(trained_run, demo_shards):
     if not torch.cuda.is_available():
         p = predict("--run", str(trained_run), str(img), "--device", "cuda")
         assert p.returncode == 2 and "--device cuda was requested but no CUDA GPU is visible" in p.stderr
+
+
+def test_shard_predictions_are_the_same_rows_on_one_rank_two_ranks_and_through_launch(trained_run, demo_shards, tmp_path):
+    common = ["--run-dir", str(trained_run), "--shards", str(demo_shards), "--split", "test", "--top-k", "3", "--batch-size", "16"]
+    p = predict(*common, "--out", str(tmp_path / "one.parquet"))
+    assert p.returncode == 0, p.stderr
+    run_torchrun(2, *common, "--out", str(tmp_path / "two.parquet"), command="predict")
+    p = subprocess.run([sys.executable, "-m", "lift_dist", "launch", "--local", "--tasks-per-node", "2", "--wait",
+                        "--folder", str(tmp_path / "logs" / "%j"), "--", "predict", *common, "--out", str(tmp_path / "launched.parquet")],
+                       capture_output=True, text=True, cwd=REPO, env=run_env(), timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    one = pq.read_table(tmp_path / "one.parquet").to_pydict()
+    assert len(one["key"]) == 60 and one["key"] == sorted(one["key"])
+    for name in ("two.parquet", "launched.parquet"):
+        other = pq.read_table(tmp_path / name).to_pydict()
+        assert other.keys() == one.keys()
+        for col in ("key", "label", "predicted", "predicted_class", "top_k_labels"):
+            assert other[col] == one[col], (name, col)
+        for col in ("probability", "top_k_probabilities"):
+            a, b = torch.tensor(other[col]), torch.tensor(one[col])
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

@@ -8,6 +8,7 @@ COMMANDS = {
     "shards": "build WebDataset shard sets from image datasets; verify them",
     "launch": "submit a multi-node training job to Slurm (submitit)",
     "sweep": "Ray Tune sweep over module, r / α, σ and learning rate",
-    "predict": "class probabilities for images or a shard split from a trained run",
+    "predict": "class probabilities for images or a shard split from a trained run or an exported model",
+    "export": "a trained run as one self-contained model file (safetensors, TorchScript, ONNX)",
     "report": "HTML page with plots comparing one or more runs",
 }

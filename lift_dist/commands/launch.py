@@ -7,7 +7,9 @@ import argparse
 RUN = "lift_dist.launch:run"
 DESCRIPTION = """Submit a multi-node lift-dist training job to Slurm through submitit. Training arguments follow `--`:
   lift-dist launch --nodes 4 --gpus-per-node 8 --partition gpu --time 240 -- \\
-      --preset inat2018/lift --shards /data/inat --out runs/inat"""
+      --preset inat2018/lift --shards /data/inat --out runs/inat
+or, after `-- predict`, the arguments of a distributed prediction of a shard split:
+  lift-dist launch --nodes 2 --gpus-per-node 8 -- predict --run runs/inat --shards /data/inat --out preds.parquet"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,4 +29,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit with its status")
     p.add_argument("--dry-run", action="store_true", help="print the sbatch directives and the task command; submit nothing")
     p.add_argument("--local", action="store_true", help="run the same path with submitit's local executor (no Slurm)")
-    p.add_argument("train_args", nargs="*", metavar="-- TRAIN-ARGS", help="`lift-dist train` arguments, after --")
+    p.add_argument("train_args", nargs="*", metavar="-- TRAIN-ARGS",
+                   help="`lift-dist train` arguments after --, or `predict` and `lift-dist predict --shards` arguments")

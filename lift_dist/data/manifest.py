@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lift_dist.data import location
 from lift_dist.errors import DataError
 
 # Head/medium/tail thresholds on TRAIN counts (LIFT): head > 100, medium 20..100, tail < 20.
@@ -69,21 +71,25 @@ def shard_name(split: str, index: int) -> str:
 class Manifest:
     """What the trainer needs to know about one split of a shard set."""
 
-    root: Path
+    root: Path | str
     split: str
     class_names: list[str]
     train_counts: np.ndarray  # int64 (C,), training-split counts per label
     groups: list[str]  # head / medium / tail per label
-    shard_files: list[Path]  # absolute paths
+    shard_files: list  # absolute paths, or for a remote set what gopen opens (URLs, pipe: commands)
     shard_samples: list[int]
     shard_sha256: list[str]
     summary: dict = field(default_factory=dict)
     extra_class_columns: dict = field(default_factory=dict)
     shard_bytes: list[int] = field(default_factory=list)
+    remote: bool = False  # shard_files are URLs (or pipe: commands), not paths
 
     def check_sizes(self) -> None:
         """Every shard still has the size its manifest lists (a cheap stat; `verify` checks sha256).
-        Caught here, a replaced or truncated shard stops every rank at start-up, not one rank mid-epoch."""
+        Caught here, a replaced or truncated shard stops every rank at start-up, not one rank mid-epoch.
+        Remote shards have no cheap stat: their sample counts are checked as they are read."""
+        if self.remote:
+            return
         for f, expected in zip(self.shard_files, self.shard_bytes):
             actual = f.stat().st_size
             if actual != expected:
@@ -99,53 +105,56 @@ class Manifest:
         return int(sum(self.shard_samples))
 
 
-def read_manifest(root: str | os.PathLike, split: str) -> Manifest:
-    """Read and sanity-check one split's manifest; errors name the file and what is wrong."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"shard directory {root} does not exist")
-    cpath, spath = classes_path(root, split), shards_path(root, split)
-    for p in (cpath, spath):
-        if not p.is_file():
-            present = sorted(x.name for x in root.glob("*-shards.parquet"))
-            raise DataError(
-                f"{p} is missing: {root} holds no '{split}' split"
-                + (f" (found: {', '.join(present)})" if present else " (it holds no shard manifests at all)")
-            )
-    classes = pq.read_table(cpath).to_pydict()
-    missing = [c for c in CLASS_COLUMNS if c not in classes]
-    if missing:
-        raise DataError(f"{cpath} lacks column(s) {', '.join(missing)}")
+def read_manifest(root, split: str, pipe: str | None = None, retries: int = 3) -> Manifest:
+    """Read and sanity-check one split's manifest, from a directory or a URL prefix (data/location.py);
+    errors name the file and what is wrong. `shard_files` are what the stream opens."""
+    remote = location.is_remote(root)
+    if not remote:
+        root = location.local_path(root)
+        _check_local(root, split)
+    cpath, spath = location.join(root, f"{split}-classes.parquet"), location.join(root, f"{split}-shards.parquet")
+    classes = _read_table(cpath, pipe, retries, CLASS_COLUMNS)
     labels = list(classes["label"])
     if labels != list(range(len(labels))):
         raise DataError(f"{cpath}: labels must be 0..{len(labels) - 1} in order")
-    shards = pq.read_table(spath).to_pydict()
-    missing = [c for c in SHARD_COLUMNS if c not in shards]
-    if missing:
-        raise DataError(f"{spath} lacks column(s) {', '.join(missing)}")
-    files = [root / p for p in shards["path"]]
-    absent = [str(f) for f in files if not f.is_file()]
+    shards = _read_table(spath, pipe, retries, SHARD_COLUMNS)
+    files = [location.join(root, p) for p in shards["path"]]
+    absent = [] if remote else [str(f) for f in files if not f.is_file()]
     if absent:
         raise DataError(f"{spath} lists {len(absent)} shard(s) that do not exist, e.g. {absent[0]}")
     if not files:
         raise DataError(f"{spath} lists no shards")
-    summary = {}
-    if summary_path(root, split).is_file():
-        summary = json.loads(summary_path(root, split).read_text())
-    extra = {k: v for k, v in classes.items() if k not in CLASS_COLUMNS}
+    summary_file = location.join(root, f"{split}-summary.json")
+    summary = json.loads(location.read_bytes(summary_file, pipe, retries)) if remote or Path(summary_file).is_file() else {}
     return Manifest(
-        root=root,
-        split=split,
-        class_names=[str(n) for n in classes["name"]],
-        train_counts=np.asarray(classes["count"], dtype=np.int64),
-        groups=[str(g) for g in classes["group"]],
-        shard_files=files,
-        shard_samples=[int(n) for n in shards["num_samples"]],
-        shard_sha256=[str(s) for s in shards["sha256"]],
-        shard_bytes=[int(b) for b in shards["bytes"]],
-        summary=summary,
-        extra_class_columns=extra,
-    )
+        root=root, split=split, class_names=[str(n) for n in classes["name"]],
+        train_counts=np.asarray(classes["count"], dtype=np.int64), groups=[str(g) for g in classes["group"]],
+        shard_files=[location.openable(f, pipe) for f in files] if remote else files,
+        shard_samples=[int(n) for n in shards["num_samples"]], shard_sha256=[str(s) for s in shards["sha256"]],
+        shard_bytes=[int(b) for b in shards["bytes"]], summary=summary,
+        extra_class_columns={k: v for k, v in classes.items() if k not in CLASS_COLUMNS}, remote=remote)
+
+
+def _check_local(root: Path, split: str) -> None:
+    if not root.is_dir():
+        raise DataError(f"shard directory {root} does not exist")
+    for p in (classes_path(root, split), shards_path(root, split)):
+        if not p.is_file():
+            present = sorted(x.name for x in root.glob("*-shards.parquet"))
+            raise DataError(
+                f"{p} is missing: {root} holds no '{split}' split"
+                + (f" (found: {', '.join(present)})" if present else " (it holds no shard manifests at all)"))
+
+
+def _read_table(path, pipe: str | None, retries: int, columns: tuple) -> dict:
+    try:
+        table = pq.read_table(pa.BufferReader(location.read_bytes(path, pipe, retries))).to_pydict()
+    except pa.ArrowInvalid as e:
+        raise DataError(f"{path} is not a readable parquet file ({e})") from None
+    missing = [c for c in columns if c not in table]
+    if missing:
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}")
+    return table
 
 
 # ---- helpers for the shard builder (shards/) and `verify` ----------------------------------------

@@ -16,6 +16,7 @@ trainer pads the shorter ranks with zero-weight batches so all ranks take the sa
 from __future__ import annotations
 
 import atexit
+import hashlib
 import io
 import math
 import multiprocessing
@@ -23,6 +24,7 @@ import os
 import random
 import re
 import signal
+import time
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
@@ -33,13 +35,48 @@ import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.cache import FileCache
 
+from lift_dist.data import location
 from lift_dist.data.manifest import IMAGE_KEYS, Manifest
 from lift_dist.errors import DataError
 
 
 def _stable_seed(*parts) -> int:
     return zlib.crc32(":".join(str(p) for p in parts).encode())
+
+
+def shard_samples(url, retries: int = 0, cache: FileCache | None = None) -> Iterator[dict]:
+    """The samples of one shard, read with webdataset. A read that breaks off (a dropped connection, a
+    transient error) is retried with back-off from the start of the shard, skipping what was already
+    delivered, so the stream is the same as an unbroken read; past `retries` a DataError names the URL.
+    With `cache` (webdataset's FileCache) a remote shard is downloaded once and read locally."""
+    delivered, attempt = 0, 0
+    while True:
+        try:
+            source = cache.get_file(str(url)) if cache is not None else str(url)
+            for i, sample in enumerate(wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": source}])):
+                if i >= delivered:
+                    delivered += 1
+                    sample["__url__"] = str(url)
+                    yield sample
+            return
+        except Exception as e:  # tar errors of a cut stream, curl's exit status, a cache download that failed
+            if attempt >= retries:
+                again = f" after {retries} retries" if retries else ""
+                raise DataError(f"shard {url} cannot be read{again} ({location.describe(e)})") from None
+            time.sleep(location.backoff(attempt))
+            attempt += 1
+
+
+def _cache_name(url: str) -> str:
+    # The whole URL in the name: shard sets all have a train-000000.tar (webdataset keeps the basename).
+    return hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rstrip("/").rsplit("/", 1)[-1].replace(" ", "_")[-64:]
+
+
+def shard_cache(directory: str | None) -> FileCache | None:
+    """webdataset's file cache (downloads to a temporary name, then renames): data.shard_cache."""
+    return FileCache(directory, url_to_name=_cache_name, validator=None) if directory else None
 
 
 @dataclass
@@ -163,6 +200,8 @@ class ShardStream(IterableDataset):
         decode_min_side: int | None = None,
         decode_to_tensor: bool = False,
         reseed: bool | None = None,
+        retries: int | None = None,
+        cache_dir: str | None = None,
     ):
         super().__init__()
         self.files = [str(f) for f in manifest.shard_files]
@@ -173,6 +212,8 @@ class ShardStream(IterableDataset):
         self.samples_per_rank, self.chunk, self.decode_min_side = samples_per_rank, chunk, decode_min_side
         self.decode_to_tensor = decode_to_tensor  # the transform must take uint8 tensors (transforms.uint8_output)
         self.reseed = train if reseed is None else reseed  # seed the transform's randomness per sample
+        self.retries = (3 if manifest.remote else 0) if retries is None else retries
+        self.cache_dir = cache_dir
 
     def _urls(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict]:
         if self.resampled:
@@ -193,7 +234,8 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
         epoch = int(self.epoch_value.get())
-        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(self._urls(epoch, worker, num_workers))
+        cache = shard_cache(self.cache_dir)
+        samples = (s for u in self._urls(epoch, worker, num_workers) for s in shard_samples(u["url"], self.retries, cache))
         if self.train and self.shuffle_buffer > 1:
             rng = random.Random(_stable_seed("buffer", self.seed, epoch, self.rank, worker))
             samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100), rng=rng)(samples)

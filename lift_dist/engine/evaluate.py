@@ -43,7 +43,8 @@ def evaluate(model: torch.nn.Module, manifest: Manifest, group_counts, d, *, res
     workers = max(0, min(min(d.workers, 2) if workers is None else workers, len(plan.rank_shards(0, rank, shuffle=False))))
     random_views = tte and d.tte_mode == "randaug"  # seeded per sample, like training: the same views every time
     stream = ShardStream(manifest, plan, rank, FixedEpoch(), transform_for(d, resolution, tte), train=False,
-                         num_classes=num_classes, reseed=random_views)
+                         num_classes=num_classes, reseed=random_views, retries=d.shard_retries if manifest.remote else 0,
+                         cache_dir=d.shard_cache)
     loader = make_loader(stream, workers)
     was_training = model.training
     model.eval()

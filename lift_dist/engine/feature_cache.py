@@ -29,10 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import webdataset as wds
 
 from lift_dist.data.manifest import Manifest
-from lift_dist.data.pipeline import ShardPlan, _stable_seed, decode_sample
+from lift_dist.data.pipeline import ShardPlan, _stable_seed, decode_sample, shard_cache, shard_samples
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.transforms import eval_transform
 
@@ -73,6 +72,8 @@ class FeatureCache:
     cut: int  # features entering block `cut`; cut == num_layers + 1: the final ln_post(CLS) feature
     manifest: Manifest
     dtype: str
+    retries: int = 0  # for remote shards (data.shard_retries)
+    shard_cache: str | None = None
 
     # ---- building -----------------------------------------------------------------------------
     @classmethod
@@ -93,7 +94,7 @@ class FeatureCache:
             "shards": manifest.shard_sha256,
         }
         directory = Path(d.feature_cache) / cache_key(parts)
-        cache = cls(directory, cut, manifest, d.cache_dtype)
+        cache = cls(directory, cut, manifest, d.cache_dtype, d.shard_retries if manifest.remote else 0, d.shard_cache)
         # Rank 0 decides what is missing and whether the build succeeded, and every rank follows that
         # decision: ranks that looked at a shared (NFS) cache on their own could disagree and then hang
         # in different collectives.
@@ -157,7 +158,7 @@ class FeatureCache:
         """(features, labels) of shard i, encoded 64 images at a time."""
         url = str(self.manifest.shard_files[i])
         feats, labels, images = [], [], []
-        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)([{"url": url}])
+        samples = shard_samples(url, self.retries, shard_cache(self.shard_cache))
         for sample in samples:
             img, label, _ = decode_sample(sample, self.manifest.num_classes, min_side)
             images.append(tf(img))

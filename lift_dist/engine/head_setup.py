@@ -56,7 +56,7 @@ def _features(model, cfg, info: DistInfo, train: Manifest, resolution: int, on_b
     counts = torch.zeros(C, dtype=torch.int64)
     plan = ShardPlan(len(train.shard_files), train.shard_samples, cfg.seed, info.world)
     stream = ShardStream(train, plan, info.rank, FixedEpoch(), plain_transform(resolution, cfg.data.interpolation),
-                         train=False, num_classes=C)
+                         train=False, num_classes=C, cache_dir=cfg.data.shard_cache)
     frozen = model.encoder.without_modules() if cfg.model.head_init_features == "frozen" else contextlib.nullcontext()
     model.eval()
     with torch.no_grad(), frozen:

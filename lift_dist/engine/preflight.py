@@ -70,7 +70,7 @@ def read_data(cfg: RunConfig, world: int) -> tuple[Manifest, Manifest]:
     d = cfg.data
     if not d.shards:
         raise ConfigError("no shard directory given: set data.shards (or --shards DIR)")
-    train, evals = read_manifest(d.shards, d.train_split), read_manifest(d.shards, d.eval_split)
+    train, evals = (read_manifest(d.shards, split, d.shard_pipe, d.shard_retries) for split in (d.train_split, d.eval_split))
     train.check_sizes()
     evals.check_sizes()
     if evals.class_names != train.class_names:

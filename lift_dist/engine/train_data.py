@@ -60,7 +60,7 @@ class TrainData:
                 train, self.shards, info.rank, self.epoch, train_transform(cfg, resolution, self.epoch), train=True,
                 num_classes=train.num_classes, shuffle_buffer=d.shuffle_buffer, resampled=self.resampled, seed=cfg.seed,
                 samples_per_rank=self.per_rank_resampled, decode_min_side=resolution * 8 // 7 if d.jpeg_draft else None,
-                decode_to_tensor=True)
+                decode_to_tensor=True, retries=d.shard_retries if train.remote else 0, cache_dir=d.shard_cache)
             self.loader = make_loader(stream, d.workers)
 
     def rank_counts(self, epoch: int) -> list[int]:

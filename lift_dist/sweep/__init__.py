@@ -25,6 +25,7 @@ from ray.tune.search import BasicVariantGenerator
 
 from lift_dist.commands import train as train_command
 from lift_dist.config import RunConfig
+from lift_dist.data.location import is_remote
 from lift_dist.data.manifest import read_manifest
 from lift_dist.errors import ConfigError
 from lift_dist.sweep.holdout import make_holdout
@@ -89,12 +90,13 @@ def run_sweep(args) -> dict:
     check_args(args)
     out = Path(args.out).absolute()
     space = load_space(args.space)
-    shards = Path(args.shards).absolute()
+    shards = args.shards if is_remote(args.shards) else Path(args.shards).absolute()
     full = base_config(args, shards)  # every setting checked before any trial
-    read_manifest(shards, full.data.train_split)  # missing shards: fail before any trial
-    read_manifest(shards, full.data.eval_split)
+    d = full.data
+    for split in (d.train_split, d.eval_split):  # missing shards: fail before any trial
+        read_manifest(shards, split, d.shard_pipe, d.shard_retries)
     out.mkdir(parents=True, exist_ok=True)
-    holdout = make_holdout(shards, out / "data", full.data.train_split, args.val_per_class, full.seed)
+    holdout = make_holdout(shards, out / "data", d.train_split, args.val_per_class, full.seed, d.shard_pipe, d.shard_retries)
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
              configure_logging=False)
     grid = make_tuner(args, space, base_config(args, shards, holdout), out).fit()

@@ -12,9 +12,12 @@ import math
 import random
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
+from lift_dist.data.location import is_remote, join, read_bytes
 from lift_dist.data.manifest import read_manifest
 from lift_dist.errors import DataError
-from lift_dist.run_dir import write_json
+from lift_dist.run_dir import write_atomic, write_json
 from lift_dist.shards import BuildOptions, build
 from lift_dist.shards.from_shards import index_shards, shard_members
 
@@ -37,12 +40,27 @@ def choose_validation(root: Path, split: str, val_per_class: int, seed: int) -> 
     return val
 
 
-def make_holdout(shards: Path, out: Path, split: str, val_per_class: int, seed: int) -> Path:
+def local_copy(shards: str, split: str, dest: Path, pipe: str | None, retries: int) -> Path:
+    """A remote split downloaded into `dest` as it is (manifests, then the shards not there yet)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in (f"{split}-classes.parquet", f"{split}-shards.parquet", f"{split}-summary.json"):
+        write_atomic(dest / name, read_bytes(join(shards, name), pipe, retries))
+    for name in pq.read_table(dest / f"{split}-shards.parquet").column("path").to_pylist():
+        if not (dest / name).is_file():
+            write_atomic(dest / name, read_bytes(join(shards, name), pipe, retries))
+    return dest
+
+
+def make_holdout(shards, out: Path, split: str, val_per_class: int, seed: int, pipe: str | None = None,
+                 retries: int = 3) -> Path:
     """Write `out/train` and `out/val` from `shards/{split}` (kept when already made from the same source)."""
-    record = {"source": str(Path(shards).resolve()), "split": split, "val_per_class": val_per_class, "seed": seed}
+    source = str(shards) if is_remote(shards) else str(Path(shards).resolve())
+    record = {"source": source, "split": split, "val_per_class": val_per_class, "seed": seed}
     done = out / DONE
     if done.is_file() and {k: v for k, v in json.loads(done.read_text()).items() if k in record} == record:
         return out
+    if is_remote(shards):
+        shards = local_copy(shards, split, out.parent / "source", pipe, retries)
     source = read_manifest(shards, split)
     val = choose_validation(shards, split, val_per_class, seed)
     n_shards = len(source.shard_files)

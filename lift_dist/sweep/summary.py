@@ -74,7 +74,8 @@ def evaluate_on_test(run_dir: Path, shards: Path, base, device: str = "auto") ->
     dev = pick_device(device)
     model, cfg = load_run(run_dir)
     model.to(dev)
-    train_m, test_m = read_manifest(shards, base.data.train_split), read_manifest(shards, base.data.eval_split)
+    d = base.data
+    train_m, test_m = (read_manifest(shards, s, d.shard_pipe, d.shard_retries) for s in (d.train_split, d.eval_split))
     res = cfg.data.resolution or model.encoder.image_size
     d = cfg.data.model_copy(update={"tte": base.data.tte, "tte_mode": base.data.tte_mode, "tte_expand": base.data.tte_expand,
                                     "tte_views": base.data.tte_views})

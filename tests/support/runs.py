@@ -37,9 +37,9 @@ def cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "lift_dist", *args]
 
 
-def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+def torchrun_cmd(nproc: int, *args: str, command: str = "train") -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-addr=127.0.0.1",
-            f"--master-port={free_port()}", "-m", "lift_dist", "train", *args]
+            f"--master-port={free_port()}", "-m", "lift_dist", command, *args]
 
 
 def run_cli(*args: str, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -52,11 +52,12 @@ def timed_cli(*args: str, timeout: int = 120) -> tuple[subprocess.CompletedProce
     return p, time.monotonic() - t0
 
 
-def run_torchrun(nproc: int, *args: str, timeout: int = 300, check: bool = True, env: dict | None = None):
-    proc = subprocess.run(torchrun_cmd(nproc, *args), capture_output=True, text=True, env=env or run_env(), timeout=timeout,
-                          cwd=REPO)
+def run_torchrun(nproc: int, *args: str, timeout: int = 300, check: bool = True, env: dict | None = None,
+                 command: str = "train"):
+    proc = subprocess.run(torchrun_cmd(nproc, *args, command=command), capture_output=True, text=True, env=env or run_env(),
+                          timeout=timeout, cwd=REPO)
     if check and proc.returncode != 0:
-        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(f"{command} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
