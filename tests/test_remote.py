@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from support.http_server import ShardServer
-from support.runs import TINY, last_line, latest_weights, run_cli, run_torchrun
+from support.runs import TINY, last_line, latest_checkpoint, latest_weights, run_cli, run_torchrun
 
 from lift_dist.config import load_config
 from lift_dist.data.manifest import read_manifest
@@ -23,8 +23,13 @@ def test_two_rank_training_from_http_equals_the_directory_and_survives_a_cut_con
     with ShardServer(demo_shards, drops={"train-000002.tar": 1, "train-000004.tar": 1}) as srv:
         run_torchrun(2, "--shards", srv.url, "--out", str(tmp_path / "http"), *TRAIN)
         requests = dict(srv.requests)
-    a, b = latest_weights(tmp_path / "local"), latest_weights(tmp_path / "http")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        # Stopped mid-epoch and resumed from the URL: the same run again.
+        run_torchrun(2, "--shards", srv.url, "--out", str(tmp_path / "resumed"), *TRAIN, "--set", "max_steps=9")
+        state = json.loads((latest_checkpoint(tmp_path / "resumed") / "state.json").read_text())
+        assert state["epoch"] == 0 and state["step_in_epoch"] > 0
+        run_torchrun(2, "--shards", srv.url, "--out", str(tmp_path / "resumed"), *TRAIN, "--resume", "latest")
+    a, b, c = (latest_weights(tmp_path / r) for r in ("local", "http", "resumed"))
+    assert a.keys() == b.keys() == c.keys() and all(torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]) for k in a)
     ma, mb = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("local", "http"))
     assert ma["overall"] == mb["overall"] and ma["eval_samples"] == mb["eval_samples"] == 60
     # Each shard read once per epoch; the two cut ones once more (the retry), the manifests at start-up.
