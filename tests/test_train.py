@@ -214,14 +214,19 @@ def test_ranks_stop_when_torchrun_dies(demo_shards, tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not ((run / "log.txt").is_file() and "epoch 1/50" in (run / "log.txt").read_text()):
         time.sleep(0.2)
-    ranks = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()]
-    assert len(ranks) == 2
+    def children(pid: int) -> list[int]:
+        return [int(c) for c in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+    ranks = children(proc.pid)
+    workers = [w for r in ranks for w in children(r)]  # their data-loader processes
+    assert len(ranks) == 2 and len(workers) >= 2
     proc.kill()  # SIGKILL: torchrun cannot pass anything on
     proc.wait()
     deadline = time.time() + 60
-    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks + workers):
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() for pid in ranks), "ranks kept training without their launcher"
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "loader workers outlived their rank"
     assert "stopped by SIGTERM" in (run / "log.txt").read_text()  # they checkpointed on the way out
 
 
