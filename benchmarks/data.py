@@ -1,22 +1,35 @@
-"""Data pipeline speed: decode + train transform, images/s per worker, lift-dist shards vs a plain
-folder-of-JPEGs PyTorch loader (ImageFolder + PIL, the same transform) on the same full-size
-photo-like images (iNat-like: 800 x 600, natural texture + noise).
+"""Data pipeline speed: decode + LIFT train transform + batching, per loader worker, lift-dist shards
+vs a plain folder-of-JPEGs PyTorch loader (ImageFolder + PIL + the same transform, default collate).
 
-The shards are built as `shards/build.py` builds them by default (shorter side resized to 256 at
-build time: 800 px JPEGs are decoded once, at build time), and the workers ship uint8 tensors that
-are normalised per batch, as in training (that step is included in the timing).
+The images are photo-like (iNat-like: 800 x 600, natural texture + noise; flat synthetic images
+decode several times faster and would hide the real cost), or a folder of your own (`--folder DIR`,
+ImageFolder layout: one sub-folder per class). The shards are built from them as `shards/build.py`
+builds by default (shorter side 256), and the stream runs as in training: uint8 tensors from the
+workers, re-cut into batches and normalised per batch in the main process (included in the timing).
 
-    python benchmarks/data.py                     # 256 images, 1 worker each
-    python benchmarks/data.py --images 512 --workers 2 --json
+Both loaders keep their workers (persistent, as the trainer's do across epochs): one warm-up pass,
+then `--passes` timed passes. Two figures per loader: images/s per worker (wall clock) and the loader
+workers' CPU milliseconds per image (from /proc, robust to other load on the machine).
+
+    python benchmarks/data.py                          # 512 photo-like images, 1 worker each
+    python benchmarks/data.py --workers 2 --json
+    python benchmarks/data.py --folder ~/photos/train --images 2000
+    python benchmarks/data.py --baseline 8288845       # the shard stream of an older commit, side by side
+    python benchmarks/data.py --profile                # cProfile of the stream in-process (workers=0)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import io
 import json
+import os
+import pstats
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +38,64 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from lift_dist.data.manifest import read_manifest  # noqa: E402
-from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch  # noqa: E402
 from lift_dist.shards import build_image_folder  # noqa: E402
 from lift_dist.shards.synthetic import photo_jpegs  # noqa: E402
-from lift_dist.transforms import lift_train_transform, normalize_uint8, uint8_output  # noqa: E402
+
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+# The shard stream, run by the code of a given checkout (this one, or --baseline's worktree).
+STREAM = """
+import json, os, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(1)
+from lift_dist.data.manifest import read_manifest
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.transforms import lift_train_transform, normalize_uint8, uint8_output
+shards, workers, batch, res, passes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+m = read_manifest(shards, "train")
+stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(lift_train_transform(res)),
+                     train=True, num_classes=m.num_classes, shuffle_buffer=500, decode_min_side=res * 8 // 7,
+                     decode_to_tensor=True)  # as the trainer builds it
+loader = make_loader(stream, workers)
+try:  # the trainer's own batching, where the checkout has it (buffers reused)
+    from lift_dist.data.pipeline import loader_batches
+except ImportError:
+    loader_batches = lambda loader, n: rebatch(iter(loader), n)  # noqa: E731
+def one_pass():
+    return sum(len(normalize_uint8(x)) for x, _, _ in loader_batches(loader, batch))
+from data_timing import timed_passes
+print(json.dumps(timed_passes(loader, one_pass, passes)))
+"""
+
+TIMING = '''
+import os, time
+CLOCK = os.sysconf("SC_CLK_TCK")
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK  # utime + stime
+
+def worker_pids(loader):
+    it = loader._iterator
+    return [w.pid for w in it._workers] if it is not None and hasattr(it, "_workers") else []
+
+def timed_passes(loader, one_pass, passes):
+    """A warm-up pass, then `passes` timed ones: the best wall rate, and worker CPU ms per image."""
+    t = time.perf_counter()
+    n = one_pass()
+    first = n / (time.perf_counter() - t)
+    best, cpu = 0.0, []
+    for _ in range(passes):
+        pids = worker_pids(loader) or [os.getpid()]
+        c0, t0 = sum(cpu_seconds(p) for p in pids), time.perf_counter()
+        n = one_pass()
+        dt, c1 = time.perf_counter() - t0, sum(cpu_seconds(p) for p in pids)
+        best = max(best, n / dt)
+        cpu.append(1000 * (c1 - c0) / n)
+    return {"images": n, "first_pass_images_per_s": first, "images_per_s": best, "worker_cpu_ms_per_image": min(cpu)}
+'''
 
 
 def make_images(root: Path, n: int, classes: int, seed: int) -> None:
@@ -39,71 +105,118 @@ def make_images(root: Path, n: int, classes: int, seed: int) -> None:
         (d / f"{i:05d}.jpg").write_bytes(data)
 
 
-def time_folder(root: Path, workers: int, batch: int, res: int) -> float:
+def time_folder(root: Path, workers: int, batch: int, res: int, passes: int) -> dict:
+    from data_timing import timed_passes
     from torchvision.datasets import ImageFolder
 
+    from lift_dist.transforms import lift_train_transform
+
     ds = ImageFolder(str(root), transform=lift_train_transform(res))
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=False)
-    t0 = time.perf_counter()
-    n = sum(len(y) for _, y in loader)
-    return n / (time.perf_counter() - t0)
+    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    return timed_passes(loader, lambda: sum(len(y) for _, y in loader), passes)
 
 
-def time_shards(shards: Path, workers: int, batch: int, res: int, draft: bool = True, tensor: bool = True) -> float:
+def time_shards(repo: Path, shards: Path, workers: int, batch: int, res: int, passes: int, timing_dir: Path) -> dict:
+    """The shard stream in a fresh process running `repo`'s code."""
+    r = subprocess.run([sys.executable, "-c", STREAM, str(repo), str(shards), str(workers), str(batch), str(res), str(passes)],
+                       capture_output=True, text=True, cwd=repo, env=dict(os.environ, PYTHONPATH=f"{repo}:{timing_dir}"))
+    if r.returncode:
+        raise SystemExit(f"the shard stream of {repo} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def profile_stream(shards: Path, batch: int, res: int) -> str:
+    """Where a sample's time goes: cProfile of one in-process pass (workers=0), by own time."""
+    from lift_dist.data.manifest import read_manifest
+    from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
+    from lift_dist.transforms import lift_train_transform, normalize_uint8, uint8_output
+
     m = read_manifest(shards, "train")
-    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(lift_train_transform(res)),
-                         train=True, num_classes=m.num_classes, shuffle_buffer=500,
-                         decode_min_side=res * 8 // 7 if draft else None, decode_to_tensor=tensor)  # as the trainer does
-    loader = make_loader(stream, workers)
-    t0 = time.perf_counter()
-    n = sum(len(normalize_uint8(x)) for x, _, _ in rebatch(iter(loader), batch))  # the trainer's per-batch step included
-    return n / (time.perf_counter() - t0)
+    stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(),
+                         uint8_output(lift_train_transform(res)), train=True, num_classes=m.num_classes, shuffle_buffer=500,
+                         decode_min_side=res * 8 // 7, decode_to_tensor=True)
+    prof = cProfile.Profile()
+    prof.enable()
+    n = sum(len(normalize_uint8(x)) for x, _, _ in rebatch(iter(make_loader(stream, 0)), batch))
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out).sort_stats("tottime")
+    total = stats.total_tt
+    out.write(f"{n} images, {1000 * total / n:.3f} ms per image under cProfile\n")
+    stats.print_stats(20)
+    return out.getvalue()
+
+
+@contextlib.contextmanager
+def worktree(ref: str | None):
+    if ref is None:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=REPO, check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--images", type=int, default=512, help="photo-like images to generate")
+    p.add_argument("--folder", type=Path, help="an ImageFolder tree of your own images instead")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--res", type=int, default=224)
-    p.add_argument("--repeats", type=int, default=2, help="best of N timed passes for each loader")
-    p.add_argument("--no-resize", action="store_true", help="shards keep the original 800 px JPEGs")
-    p.add_argument("--no-draft", action="store_true", help="decode at full size (no JPEG draft mode)")
-    p.add_argument("--pil-decode", action="store_true",
-                   help="also time the shards through PIL images (decode, crop, resize) instead of uint8 tensors")
+    p.add_argument("--passes", type=int, default=3, help="timed passes after the warm-up (the best is reported)")
+    p.add_argument("--baseline", metavar="REF", help="also time the shard stream of this git commit, side by side")
+    p.add_argument("--profile", action="store_true", help="print a cProfile of the stream (in-process)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        make_images(tmp / "img", a.images, a.classes, seed=0)
-        build_image_folder(tmp / "img", tmp / "shards", "train", shard_size=max(1, a.images // (4 * a.workers)),
-                           workers=1, progress=False, resize=None if a.no_resize else 256)
-        time_folder(tmp / "img", a.workers, a.batch, a.res)  # warm the page cache for both
-        folder = max(time_folder(tmp / "img", a.workers, a.batch, a.res) for _ in range(a.repeats))
-        shards, pil = 0.0, 0.0
-        for _ in range(a.repeats):  # interleaved, so both see the same machine load
-            shards = max(shards, time_shards(tmp / "shards", a.workers, a.batch, a.res, not a.no_draft))
-            if a.pil_decode:
-                pil = max(pil, time_shards(tmp / "shards", a.workers, a.batch, a.res, not a.no_draft, tensor=False))
-    out = {"images": a.images, "workers": a.workers, "source": "800x600 photo-like JPEG", "transform": f"LIFT train, {a.res} px",
-           "shards_resized_at_build": not a.no_resize, "jpeg_draft": not a.no_draft,
-           "folder_images_per_s_per_worker": folder / a.workers, "shards_images_per_s_per_worker": shards / a.workers,
-           "speedup": shards / folder}
-    if a.pil_decode:
-        out |= {"shards_pil_images_per_s_per_worker": pil / a.workers, "tensor_over_pil": shards / pil}
+        (tmp / "data_timing.py").write_text(TIMING)
+        sys.path.insert(0, str(tmp))
+        images = a.folder or tmp / "img"
+        if a.folder is None:
+            make_images(images, a.images, a.classes, seed=0)
+        with contextlib.redirect_stdout(sys.stderr):
+            build_image_folder(images, tmp / "shards", "train", shard_size=64, workers=1,
+                               progress=False, resize=256)
+        if a.profile:
+            print(profile_stream(tmp / "shards", a.batch, a.res), file=sys.stderr)
+        folder = time_folder(images, a.workers, a.batch, a.res, a.passes)
+        with worktree(a.baseline) as base:
+            shards = time_shards(REPO, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp)
+            baseline = time_shards(base, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp) if base else None
+    report(a, folder, shards, baseline)
+
+
+def report(a, folder: dict, shards: dict, baseline: dict | None) -> None:
+    per = {k: v["images_per_s"] / a.workers for k, v in (("folder", folder), ("shards", shards), ("baseline", baseline)) if v}
+    out = {"images": shards["images"], "workers": a.workers, "batch": a.batch, "transform": f"LIFT train, {a.res} px",
+           "source": str(a.folder) if a.folder else "800x600 photo-like JPEG", "shards_resized_at_build": 256,
+           "folder": folder, "shards": shards, "baseline": baseline and dict(baseline, ref=a.baseline),
+           "images_per_s_per_worker": per, "speedup_wall": shards["images_per_s"] / folder["images_per_s"],
+           "speedup_worker_cpu": folder["worker_cpu_ms_per_image"] / shards["worker_cpu_ms_per_image"]}
+    if baseline:
+        out["over_baseline_wall"] = shards["images_per_s"] / baseline["images_per_s"]
+        out["over_baseline_worker_cpu"] = baseline["worker_cpu_ms_per_image"] / shards["worker_cpu_ms_per_image"]
     if a.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"decode + train transform, {a.images} images of 800x600, {a.workers} worker(s)")
-    print(f"  folder of JPEGs (ImageFolder + PIL): {out['folder_images_per_s_per_worker']:7.1f} img/s per worker")
-    kind = ("resized at build" if not a.no_resize else "original bytes") + (", draft" if not a.no_draft else "")
-    print(f"  lift-dist shards ({kind}): {out['shards_images_per_s_per_worker']:7.1f} img/s per worker")
-    if a.pil_decode:
-        print(f"  lift-dist shards, PIL images instead of uint8 tensors: {out['shards_pil_images_per_s_per_worker']:7.1f} img/s per worker "
-              f"(tensors {out['tensor_over_pil']:.2f}x)")
-    print(f"  speed-up: {out['speedup']:.2f}x")
+    print(f"decode + LIFT train transform + batches of {a.batch}, {out['images']} images ({out['source']}), "
+          f"{a.workers} worker(s), persistent, best of {a.passes} passes")
+    rows = [("folder of JPEGs (ImageFolder + PIL)", folder), ("lift-dist shards", shards)]
+    if baseline:
+        rows.append((f"lift-dist shards at {a.baseline}", baseline))
+    for name, r in rows:
+        print(f"  {name:38s} {r['images_per_s'] / a.workers:7.1f} img/s per worker (first pass {r['first_pass_images_per_s'] / a.workers:6.1f}), "
+              f"workers' CPU {r['worker_cpu_ms_per_image']:.2f} ms/image")
+    print(f"  shards / folder: {out['speedup_wall']:.2f}x wall, {out['speedup_worker_cpu']:.2f}x worker CPU")
+    if baseline:
+        print(f"  shards now / at {a.baseline}: {out['over_baseline_wall']:.2f}x wall, {out['over_baseline_worker_cpu']:.2f}x worker CPU")
 
 
 if __name__ == "__main__":

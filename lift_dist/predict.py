@@ -24,7 +24,7 @@ import torch.distributed as dist
 from PIL import Image, ImageOps
 
 from lift_dist.data.manifest import read_manifest
-from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
 from lift_dist.engine.evaluate import autocast_context, load_run, transform_for
 from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError, DataError
@@ -123,7 +123,7 @@ def shard_rows(p: Predictor, manifest, tte: bool, top_k: int, batch_size: int, r
                          p.transform(tte), train=False, num_classes=manifest.num_classes,
                          reseed=tte and p.data.tte_mode == "randaug")
     cols = {"key": [], "label": [], "predicted": [], "probability": [], "top_k_labels": [], "top_k_probabilities": []}
-    for x, y, keys in rebatch(iter(make_loader(stream, 1)), batch_size):
+    for x, y, keys in loader_batches(make_loader(stream, 1), batch_size):
         probs = p.probabilities(x, tte)
         q, idx = probs.topk(min(top_k, probs.shape[1]), dim=1)
         cols["key"] += keys

@@ -89,17 +89,27 @@ class Resize(T.Resize):
 
 
 class ToUint8Tensor:
-    """PIL image or uint8 tensor -> contiguous (3, H, W) uint8 tensor: the end of the uint8 path."""
+    """PIL image or uint8 tensor -> (3, H, W) uint8 tensor whose memory is dense HWC (channels-last),
+    the layout the JPEG decoder and the resize kernel produce: no per-image transpose in the loader
+    worker; a batch is made planar once, on the training device (`normalize_uint8`)."""
 
     def __call__(self, img) -> torch.Tensor:
         if not isinstance(img, torch.Tensor):
             img = TF.pil_to_tensor(img)
         if img.dtype != torch.uint8:
             raise DataError(f"expected a uint8 image tensor, got {img.dtype}")
-        return img.contiguous()
+        hwc = img.permute(1, 2, 0)
+        return (hwc if hwc.is_contiguous() else hwc.contiguous()).permute(2, 0, 1)
 
     def __repr__(self) -> str:
         return "ToUint8Tensor()"
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 3, H, W) from (3, H, W) images; channels-last ones stay channels-last (one memcpy each)."""
+    if images[0].dtype == torch.uint8 and all(im.permute(1, 2, 0).is_contiguous() for im in images):
+        return torch.stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2)
+    return torch.stack(images)
 
 
 def lift_train_transform(res: int, interpolation="bilinear") -> T.Compose:
@@ -334,5 +344,5 @@ _SHIFT = torch.tensor([m / s for m, s in zip(CLIP_MEAN, CLIP_STD)]).view(1, 3, 1
 
 
 def normalize_uint8(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> CLIP-normalised float32, on x's device."""
-    return x.float().mul_(_SCALE.to(x.device)).sub_(_SHIFT.to(x.device))
+    """(B, 3, H, W) uint8 (planar or channels-last) -> planar CLIP-normalised float32, on x's device."""
+    return x.contiguous().float().mul_(_SCALE.to(x.device)).sub_(_SHIFT.to(x.device))

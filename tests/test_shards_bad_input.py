@@ -16,7 +16,7 @@ from support.shards import CATEGORIES, needs_categories, read_split, run_cli
 
 from lift_dist.errors import DataError
 from lift_dist.shards import build_cifar100, build_from_list, build_image_folder, build_inat2018, verify
-from lift_dist.shards.images import encode_bytes
+from lift_dist.shards.images import BadImage, encode_bytes
 from lift_dist.shards.synthetic import tiny_jpegs, write_cifar100, write_inat2018
 from lift_dist.shards.writer import sha256_file
 
@@ -240,6 +240,30 @@ def test_resize_shorter_side_never_upscale_and_no_resize_keeps_bytes():
     assert encode_bytes(big, None, 90) == big
     png = as_bytes(Image.new("RGB", (50, 40), (1, 2, 3)), "PNG")
     assert decoded(encode_bytes(png, None, 90)).format == "JPEG"
+    # A JPEG kept as it is was still decoded whole: a truncated or corrupt one is refused either way.
+    for broken in (big[: len(big) // 2], big[:3000] + bytes(len(big) - 3000)):
+        for resize in (None, 256):
+            with pytest.raises(BadImage, match="unreadable or corrupt image"):
+                encode_bytes(broken, resize, 90)
+
+
+def test_build_resize_matches_pils_bicubic_within_jpeg_noise():
+    """The torch kernels of encode_image against the reference they replace (PIL resize + PIL encode)."""
+    from lift_dist.shards.images import encode_image, resize_shorter
+    from lift_dist.shards.synthetic import photo_jpegs
+
+    def psnr(a, b) -> float:
+        return 10 * np.log10(255**2 / np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+
+    for w, h in ((800, 600), (333, 1000), (257, 256)):
+        src = Image.open(io.BytesIO(photo_jpegs(1, w, h, seed=w)[0])).convert("RGB")
+        exact = resize_shorter(src, 256)  # PIL's pixels, before any JPEG
+        buf = io.BytesIO()
+        exact.save(buf, "JPEG", quality=90)
+        ours, before = decoded(encode_image(src, 256, 90)), decoded(buf.getvalue())
+        assert ours.size == before.size == exact.size
+        # As close to the exact pixels as the old output was, to a tenth of a dB.
+        assert psnr(ours, exact) > psnr(before, exact) - 0.1, (w, h, psnr(ours, exact), psnr(before, exact))
 
 
 def test_folder_test_split_with_an_unknown_class_folder(tmp_path):

@@ -38,8 +38,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.cache import FileCache
 
 from lift_dist.data import location
+from lift_dist.data.chunk_slots import ChunkSlots
 from lift_dist.data.manifest import IMAGE_KEYS, Manifest
 from lift_dist.errors import DataError
+from lift_dist.transforms import stack_images
 
 
 def _stable_seed(*parts) -> int:
@@ -214,6 +216,7 @@ class ShardStream(IterableDataset):
         self.reseed = train if reseed is None else reseed  # seed the transform's randomness per sample
         self.retries = (3 if manifest.remote else 0) if retries is None else retries
         self.cache_dir = cache_dir
+        self.slots = ChunkSlots()
 
     def _urls(self, epoch: int, worker: int, num_workers: int) -> Iterator[dict]:
         if self.resampled:
@@ -258,10 +261,10 @@ class ShardStream(IterableDataset):
             keys.append(key)
             produced += 1
             if len(images) == self.chunk:
-                yield torch.stack(images), torch.tensor(labels), keys
+                yield self._chunk(images, labels, keys, info)
                 images, labels, keys = [], [], []
         if images:
-            yield torch.stack(images), torch.tensor(labels), keys
+            yield self._chunk(images, labels, keys, info)
         if not self.resampled:
             for url, n in seen.items():
                 if n != self.expected.get(url, n):
@@ -269,20 +272,51 @@ class ShardStream(IterableDataset):
                                     "rebuild or re-verify the shard set")
 
 
-def rebatch(chunks: Iterator[tuple], batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
-    """Re-cut worker chunks into exact batches (the last may be short)."""
-    imgs, labels, keys, n = [], [], [], 0
-    for x, y, k in chunks:
+    def _chunk(self, images: list, labels: list[int], keys: list[str], info) -> tuple:
+        """(images, labels, keys) -- from a loader worker with the shared buffer's slot as a 4th item."""
+        shared = self.slots.stack(images, info.id) if info is not None else None
+        if shared is None:
+            return stack_images(images), torch.tensor(labels), keys
+        return shared[0], torch.tensor(labels), keys, shared[1]
+
+    def release_chunk(self, slot: int) -> None:
+        self.slots.release(slot)
+
+
+def rebatch(chunks: Iterator[tuple], batch_size: int, release: Callable[[int], None] | None = None,
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Re-cut worker chunks into exact batches (the last may be short); `release(slot)` frees a
+    chunk's shared buffer once it is copied out (lift_dist.data.chunk_slots)."""
+    imgs, labels, keys, n, held = [], [], [], 0, []
+    for chunk in chunks:
+        x, y, k = chunk[:3]
+        if len(chunk) > 3:
+            held.append(chunk[3])
         imgs.append(x)
         labels.append(y)
         keys.extend(k)
         n += len(y)
         while n >= batch_size:
-            X, Y = torch.cat(imgs), torch.cat(labels)
+            X, Y = torch.cat(imgs), torch.cat(labels)  # copies: the chunks' buffers are free from here
+            held = _released(held, release)
             yield X[:batch_size], Y[:batch_size], keys[:batch_size]
             imgs, labels, keys, n = [X[batch_size:]], [Y[batch_size:]], keys[batch_size:], n - batch_size
     if n:
-        yield torch.cat(imgs), torch.cat(labels), keys
+        X, Y = torch.cat(imgs), torch.cat(labels)
+        _released(held, release)
+        yield X, Y, keys
+
+
+def _released(slots: list[int], release: Callable[[int], None] | None) -> list:
+    if release is not None:
+        for slot in slots:
+            release(slot)
+    return []
+
+
+def loader_batches(loader: DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """Exact batches from a ShardStream loader (`make_loader`), its workers' buffers reused."""
+    return rebatch(iter(loader), batch_size, loader.dataset.release_chunk)
 
 
 class WorkerSignals:

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 
 from lift_dist.data.manifest import Manifest
-from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
 from lift_dist.engine import checkpoint
 from lift_dist.engine.collectives import all_reduce_sum_
 from lift_dist.errors import DataError
@@ -50,7 +50,7 @@ def evaluate(model: torch.nn.Module, manifest: Manifest, group_counts, d, *, res
     model.eval()
     acc = MetricAccumulator(num_classes)
     confusions: dict[tuple[int, int], int] = {}  # (true, predicted) -> count, mistakes only (sparse)
-    for images, labels, _ in rebatch(iter(loader), d.eval_batch_size):
+    for images, labels, _ in loader_batches(loader, d.eval_batch_size):
         images = images.to(device, non_blocking=True)
         with autocast_context(device, precision):
             logits = average_crop_logits(model, images) if tte else model(images)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from lift_dist.data.manifest import Manifest
-from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
 from lift_dist.engine.collectives import all_reduce_sum_, broadcast_
 from lift_dist.engine.distributed import DistInfo
 from lift_dist.errors import DataError
@@ -60,7 +60,7 @@ def _features(model, cfg, info: DistInfo, train: Manifest, resolution: int, on_b
     frozen = model.encoder.without_modules() if cfg.model.head_init_features == "frozen" else contextlib.nullcontext()
     model.eval()
     with torch.no_grad(), frozen:
-        for x, y, _ in rebatch(iter(make_loader(stream, 0)), 64):
+        for x, y, _ in loader_batches(make_loader(stream, 0), 64):
             if cap is not None:
                 keep = torch.tensor([counts[int(c)] < cap for c in y])
                 x, y = x[keep], y[keep]

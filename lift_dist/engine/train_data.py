@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lift_dist.data.pipeline import ShardPlan, ShardStream, make_loader, rebatch, sample_weights_for_step, steps_in_epoch
+from lift_dist.data.pipeline import ShardPlan, ShardStream, loader_batches, make_loader, sample_weights_for_step, steps_in_epoch
 from lift_dist.transforms import (
     SharedEpoch,
     eval_transform,
@@ -81,7 +81,7 @@ class TrainData:
         if self.cache is not None:
             source = self.cache.batches(self.shards, epoch, self.info.rank, self.cfg.seed, self.micro)
         else:
-            source = rebatch(iter(self.loader), self.micro)
+            source = loader_batches(self.loader, self.micro)
         last = None
         for _ in range(skip_steps * self.accum):  # replay the epoch's data order up to the resume point
             last = next(source, None) or last

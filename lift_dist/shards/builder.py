@@ -10,6 +10,7 @@ Order of events, so that a crash at any point leaves nothing that looks complete
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 import webdataset  # noqa: F401  imported before forking, so workers start warm
 from tqdm import tqdm
 
@@ -92,7 +94,18 @@ _progress_queue = None
 def _init_worker(queue) -> None:
     global _progress_queue
     _progress_queue = queue
+    torch.set_num_threads(1)  # one core per worker: the resize kernel would otherwise contend with the others
     die_with_parent()  # a killed build must not leave workers writing shards
+
+
+@contextlib.contextmanager
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _worker_write(task: ShardTask) -> dict:
@@ -112,7 +125,9 @@ def run_tasks(tasks: Iterable[ShardTask], workers: int, bar) -> Iterator[dict]:
     memory does not grow with the dataset."""
     if workers == 1:
         for t in tasks:
-            yield write_shard(t, progress=bar.update)
+            with _one_thread():
+                rec = write_shard(t, progress=bar.update)
+            yield rec
         return
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork" if "fork" in methods else "spawn")

@@ -1,0 +1,52 @@
+"""The training stream's worker path: images reach the batches exactly as decoded in-process, through
+reused shared buffers (lift_dist.data.chunk_slots), whatever the consumer keeps."""
+
+from __future__ import annotations
+
+import torch
+
+from lift_dist.data.chunk_slots import PER_WORKER
+from lift_dist.data.manifest import read_manifest
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader, rebatch
+from lift_dist.transforms import eval_transform, lift_train_transform, normalize_uint8, uint8_output
+
+
+def stream(shards, tf, chunk: int = 4) -> ShardStream:
+    m = read_manifest(shards, "train")
+    return ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(tf), train=True,
+                       num_classes=m.num_classes, shuffle_buffer=0, chunk=chunk, decode_to_tensor=True)
+
+
+def by_key(batches) -> dict:
+    return {k: (x.clone(), int(y)) for xs, ys, keys in batches for x, y, k in zip(xs, ys, keys)}
+
+
+def test_worker_batches_equal_in_process_ones_through_reused_buffers(demo_shards):
+    tf = lift_train_transform(32)
+    ref = by_key(loader_batches(make_loader(stream(demo_shards, tf), 0), 7))
+    s = stream(demo_shards, tf)
+    storages, chunks = set(), 0
+
+    def watched(it):
+        nonlocal chunks
+        for chunk in it:
+            storages.add(chunk[0].untyped_storage().data_ptr())
+            chunks += 1
+            yield chunk
+
+    kept = list(rebatch(watched(iter(make_loader(s, 2))), 7, s.release_chunk))  # every batch kept to the end
+    got = by_key(kept)
+    assert got.keys() == ref.keys() and len(got) == 201
+    assert all(torch.equal(got[k][0], ref[k][0]) and got[k][1] == ref[k][1] for k in ref)
+    assert chunks > 2 * 2 * PER_WORKER and len(storages) <= 2 * PER_WORKER  # buffers were reused, not reallocated
+    # Channels-last uint8 batches normalise to the planar float tensors of the float transform.
+    x = kept[0][0]
+    assert x.dtype == torch.uint8 and x.permute(0, 2, 3, 1).is_contiguous()
+    assert normalize_uint8(x).is_contiguous()
+
+
+def test_a_consumer_that_never_releases_still_gets_every_image(demo_shards):
+    tf = eval_transform(32)
+    ref = by_key(loader_batches(make_loader(stream(demo_shards, tf), 0), 5))
+    got = by_key(rebatch(iter(make_loader(stream(demo_shards, tf), 2)), 5))  # no release: fresh tensors past the buffers
+    assert got.keys() == ref.keys() and all(torch.equal(got[k][0], ref[k][0]) for k in ref)
