@@ -53,17 +53,28 @@ from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loader, rebatch
 from lift_dist.transforms import lift_train_transform, normalize_uint8, uint8_output
 shards, workers, batch, res, passes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+device = sys.argv[7]  # "" (decoded in the workers) or the device of data.decode_device=cuda's path
 m = read_manifest(shards, "train")
+defer = {"defer_decode": True} if device else {}
 stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(lift_train_transform(res)),
                      train=True, num_classes=m.num_classes, shuffle_buffer=500, decode_min_side=res * 8 // 7,
-                     decode_to_tensor=True)  # as the trainer builds it
+                     decode_to_tensor=True, **defer)  # as the trainer builds it
 loader = make_loader(stream, workers)
 try:  # the trainer's own batching, where the checkout has it (buffers reused)
     from lift_dist.data.pipeline import loader_batches
 except ImportError:
     loader_batches = lambda loader, n: rebatch(iter(loader), n)  # noqa: E731
+if device:
+    from lift_dist.data.device_decode import DeviceDecoder
+    decoder = DeviceDecoder(torch.device(device))
+    batches = lambda: rebatch(decoder(iter(loader)), batch)  # noqa: E731
+else:
+    batches = lambda: loader_batches(loader, batch)  # noqa: E731
 def one_pass():
-    return sum(len(normalize_uint8(x)) for x, _, _ in loader_batches(loader, batch))
+    n = sum(len(normalize_uint8(x)) for x, _, _ in batches())
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return n
 from data_timing import timed_passes
 print(json.dumps(timed_passes(loader, one_pass, passes)))
 """
@@ -116,9 +127,12 @@ def time_folder(root: Path, workers: int, batch: int, res: int, passes: int) -> 
     return timed_passes(loader, lambda: sum(len(y) for _, y in loader), passes)
 
 
-def time_shards(repo: Path, shards: Path, workers: int, batch: int, res: int, passes: int, timing_dir: Path) -> dict:
-    """The shard stream in a fresh process running `repo`'s code."""
-    r = subprocess.run([sys.executable, "-c", STREAM, str(repo), str(shards), str(workers), str(batch), str(res), str(passes)],
+def time_shards(repo: Path, shards: Path, workers: int, batch: int, res: int, passes: int, timing_dir: Path,
+                device: str = "") -> dict:
+    """The shard stream in a fresh process running `repo`'s code (decoding on `device` in the main
+    process when given: data.decode_device=cuda's path)."""
+    r = subprocess.run([sys.executable, "-c", STREAM, str(repo), str(shards), str(workers), str(batch), str(res), str(passes),
+                        device],
                        capture_output=True, text=True, cwd=repo, env=dict(os.environ, PYTHONPATH=f"{repo}:{timing_dir}"))
     if r.returncode:
         raise SystemExit(f"the shard stream of {repo} failed:\n{r.stderr[-3000:]}")
@@ -171,6 +185,8 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=3, help="timed passes after the warm-up (the best is reported)")
     p.add_argument("--baseline", metavar="REF", help="also time the shard stream of this git commit, side by side")
     p.add_argument("--profile", action="store_true", help="print a cProfile of the stream (in-process)")
+    p.add_argument("--device-decode", metavar="DEVICE",
+                   help="also time data.decode_device=cuda's path, decoding on DEVICE (cuda, or cpu to run it here)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -190,16 +206,20 @@ def main() -> None:
         with worktree(a.baseline) as base:
             shards = time_shards(REPO, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp)
             baseline = time_shards(base, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp) if base else None
-    report(a, folder, shards, baseline)
+        on_device = time_shards(REPO, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp, a.device_decode) \
+            if a.device_decode else None
+    report(a, folder, shards, baseline, on_device)
 
 
-def report(a, folder: dict, shards: dict, baseline: dict | None) -> None:
+def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict | None) -> None:
     per = {k: v["images_per_s"] / a.workers for k, v in (("folder", folder), ("shards", shards), ("baseline", baseline)) if v}
     out = {"images": shards["images"], "workers": a.workers, "batch": a.batch, "transform": f"LIFT train, {a.res} px",
            "source": str(a.folder) if a.folder else "800x600 photo-like JPEG", "shards_resized_at_build": 256,
            "folder": folder, "shards": shards, "baseline": baseline and dict(baseline, ref=a.baseline),
            "images_per_s_per_worker": per, "speedup_wall": shards["images_per_s"] / folder["images_per_s"],
            "speedup_worker_cpu": folder["worker_cpu_ms_per_image"] / shards["worker_cpu_ms_per_image"]}
+    if on_device:
+        out["device_decode"] = dict(on_device, device=a.device_decode)
     if baseline:
         out["over_baseline_wall"] = shards["images_per_s"] / baseline["images_per_s"]
         out["over_baseline_worker_cpu"] = baseline["worker_cpu_ms_per_image"] / shards["worker_cpu_ms_per_image"]
@@ -211,8 +231,11 @@ def report(a, folder: dict, shards: dict, baseline: dict | None) -> None:
     rows = [("folder of JPEGs (ImageFolder + PIL)", folder), ("lift-dist shards", shards)]
     if baseline:
         rows.append((f"lift-dist shards at {a.baseline}", baseline))
+    if on_device:
+        rows.append((f"shards, decoded on {a.device_decode} (main)", on_device))
     for name, r in rows:
-        print(f"  {name:38s} {r['images_per_s'] / a.workers:7.1f} img/s per worker (first pass {r['first_pass_images_per_s'] / a.workers:6.1f}), "
+        first = r["first_pass_images_per_s"] / a.workers
+        print(f"  {name:38s} {r['images_per_s'] / a.workers:7.1f} img/s per worker (first pass {first:6.1f}), "
               f"workers' CPU {r['worker_cpu_ms_per_image']:.2f} ms/image")
     print(f"  shards / folder: {out['speedup_wall']:.2f}x wall, {out['speedup_worker_cpu']:.2f}x worker CPU")
     if baseline:

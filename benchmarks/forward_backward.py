@@ -62,7 +62,8 @@ def main() -> None:
     rows = [measure(m, pe, a.batch, a.steps, a.warmup, a.num_classes, a.device)
             for m in a.models.split(",") for pe in a.pefts.split(",")]
     if a.json:
-        print(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        machine = platform.processor() or platform.machine()
+        print(json.dumps({"machine": machine, "threads": torch.get_num_threads(), "rows": rows}, indent=2))
         return
     print(f"forward+backward on {a.device}, {torch.get_num_threads()} threads, batch {a.batch}, {a.steps} timed steps")
     print(f"{'model':<10} {'module':<12} {'trainable':>12} {'ms/img':>8} {'fwd':>7} {'bwd+opt':>8} {'img/s':>8}")

@@ -102,9 +102,11 @@ def main():
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"training step phases: {a.nproc} rank(s) x batch {a.batch}, {a.device} {a.precision}, {a.workers} loader worker(s)/rank, "
-          f"augment {a.augment}{', cached features' if a.feature_cache else ''}, shards from 800x600 photo-like JPEGs (resized to 256 at build)")
-    print(f"{'model':<10} {'module':<12} {'img/s':>8}  " + " ".join(f"{k + ' %':>12}" for k in PHASES) + f" {'TFLOP/s/rank':>12} {'MFU':>6}")
+    print(f"training step phases: {a.nproc} rank(s) x batch {a.batch}, {a.device} {a.precision}, "
+          f"{a.workers} loader worker(s)/rank, augment {a.augment}{', cached features' if a.feature_cache else ''}, "
+          "shards from 800x600 photo-like JPEGs (resized to 256 at build)")
+    phases = " ".join(f"{k + ' %':>12}" for k in PHASES)
+    print(f"{'model':<10} {'module':<12} {'img/s':>8}  {phases} {'TFLOP/s/rank':>12} {'MFU':>6}")
     for r in rows:
         split = " ".join(f"{100 * r['shares'][k]:>12.1f}" if "shares" in r else f"{'-':>12}" for k in PHASES)
         mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"

@@ -156,6 +156,9 @@ class DataConfig(Strict):
     # Decode large training JPEGs at a reduced DCT scale (shorter side still >= resolution·8/7).
     # Matters for shards built with --no-resize; resized shards (default 256 px) are left as they are.
     jpeg_draft: bool = True
+    # Where training JPEGs are decoded, cropped and resized: in the loader workers (cpu), or batched
+    # on the training GPU (cuda: nvJPEG; the workers only read shards and draw the augmentation).
+    decode_device: Literal["cpu", "cuda"] = "cpu"
     # Opt-in: a directory for cached frozen features (head-only or last-k training with augment=none);
     # one sub-directory per config hash, reused by every later run with the same frozen part.
     feature_cache: str | None = None

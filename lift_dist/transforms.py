@@ -60,9 +60,13 @@ def resized_crop(img, top: int, left: int, height: int, width: int, size, interp
     """Crop, then antialiased resize to `size` (h, w): a PIL image, or a (3, H, W) uint8 tensor."""
     if not isinstance(img, torch.Tensor):
         return TF.resized_crop(img, top, left, height, width, list(size), interpolation, antialias=True)
+    crop = img[:, top:top + height, left:left + width].unsqueeze(0)
+    if crop.device.type != "cpu":  # (device decoding) CUDA's antialias kernels take float: back to uint8 levels after
+        out = F.interpolate(crop.float(), size=tuple(size), mode=interpolation.value, antialias=True, align_corners=False)
+        return out.round_().clamp_(0, 255).to(torch.uint8)[0]
     # Packed channels-last, uint8 takes torch's vectorised antialias path; strided crops fall back
     # to a generic kernel several times slower.
-    crop = img[:, top:top + height, left:left + width].unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    crop = crop.contiguous(memory_format=torch.channels_last)
     return F.interpolate(crop, size=tuple(size), mode=interpolation.value, antialias=True, align_corners=False)[0]
 
 
@@ -82,10 +86,14 @@ class Resize(T.Resize):
         if not isinstance(img, torch.Tensor) or not isinstance(self.size, int):
             return super().forward(img)
         h, w = img.shape[-2:]
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = self.size, int(self.size * long / short)  # torchvision's rounding
-        size = (new_long, new_short) if w <= h else (new_short, new_long)
+        size = self.resized_size(h, w)
         return img if size == (h, w) else resized_crop(img, 0, 0, h, w, size, self.interpolation)
+
+    def resized_size(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) after resizing the shorter side of h x w to `size`, as torchvision rounds."""
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = self.size, int(self.size * long / short)
+        return (new_long, new_short) if w <= h else (new_short, new_long)
 
 
 class ToUint8Tensor:

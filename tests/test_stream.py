@@ -50,3 +50,56 @@ def test_a_consumer_that_never_releases_still_gets_every_image(demo_shards):
     ref = by_key(loader_batches(make_loader(stream(demo_shards, tf), 0), 5))
     got = by_key(rebatch(iter(make_loader(stream(demo_shards, tf), 2)), 5))  # no release: fresh tensors past the buffers
     assert got.keys() == ref.keys() and all(torch.equal(got[k][0], ref[k][0]) for k in ref)
+
+
+def test_device_decoding_gives_the_worker_paths_batches(demo_shards):
+    """data.decode_device=cuda's code path, run on the CPU: workers ship JPEG bytes and the crop/flip
+    draws; the main process decodes and crops. Same augmentations, same pixels, for every train transform."""
+    from lift_dist.data.device_decode import DeviceDecoder
+    from lift_dist.transforms import SharedEpoch, minimalist_train_transform
+
+    m = read_manifest(demo_shards, "train")
+    for tf in (lift_train_transform(32), minimalist_train_transform(32, 4, epoch=SharedEpoch(1)), eval_transform(32)):
+        def make(defer: bool, tf=tf) -> ShardStream:
+            return ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(tf),
+                               train=True, num_classes=m.num_classes, shuffle_buffer=20, seed=1, chunk=4, decode_to_tensor=True,
+                               defer_decode=defer)
+        ref = by_key(loader_batches(make_loader(make(False), 2), 7))
+        got = by_key(rebatch(DeviceDecoder(torch.device("cpu"))(iter(make_loader(make(True), 2))), 7))
+        assert got.keys() == ref.keys() and len(got) == 201
+        assert all(torch.equal(got[k][0], ref[k][0]) and got[k][1] == ref[k][1] for k in ref), tf
+
+
+def test_device_decoding_names_an_undecodable_sample(demo_shards, tmp_path):
+    import pytest
+    from support.data import damaged_copy
+
+    from lift_dist.data.device_decode import DeviceDecoder
+    from lift_dist.errors import DataError
+
+    def corrupt(entries):
+        name, data = next((n, d) for n, d in entries if n.endswith(".jpg"))
+        return [(n, d[:600] + bytes(len(d) - 600) if n == name else d) for n, d in entries], name.rsplit(".", 1)[0]
+
+    damaged_copy(demo_shards, tmp_path / "bad", "train", lambda e: corrupt(e)[0])
+    m = read_manifest(tmp_path / "bad", "train")
+    s = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(eval_transform(32)),
+                    train=False, num_classes=m.num_classes, decode_to_tensor=True, defer_decode=True)
+    with pytest.raises(DataError, match=r"sample '[^']+' in .*train-000000\.tar: image cannot be decoded"):
+        list(DeviceDecoder(torch.device("cpu"))(iter(make_loader(s, 0))))
+
+
+def test_device_decoding_is_refused_without_a_gpu():
+    import pytest
+
+    from lift_dist.config import load_config
+    from lift_dist.engine.preflight import check_decode_device
+    from lift_dist.errors import ConfigError
+
+    cfg = load_config(None, None, ["data.decode_device=cuda", "device=cpu"])
+    with pytest.raises(ConfigError, match=r"data.decode_device=cuda decodes JPEGs on the training GPU, but device=cpu; "
+                                          r"use data.decode_device=cpu"):
+        check_decode_device(cfg, [])
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"device=auto and no CUDA GPU is visible"):
+            check_decode_device(load_config(None, None, ["data.decode_device=cuda"]), [])

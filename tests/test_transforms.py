@@ -254,7 +254,7 @@ def test_uint8_tensor_images_give_the_pil_values():
     from lift_dist.transforms import SharedEpoch, uint8_output
 
     pil = Image.open(__import__("io").BytesIO(next(iter(photo_jpegs(1, 341, 256, seed=3))))).convert("RGB")
-    tensor = torch.from_numpy(np.array(pil)).permute(2, 0, 1)  # channels-last in memory, as decoded
+    tensor = torch.from_numpy(np.array(pil)).permute(2, 0, 1)  # channels-last in memory, as decoded (and as shipped)
     transforms = [lift_train_transform(224), lift_train_transform(96, "bicubic"), eval_transform(224),
                   eval_transform(64, "bicubic"), minimalist_train_transform(224, 5, epoch=SharedEpoch(0)),
                   minimalist_train_transform(128, 5, epoch=SharedEpoch(4))]
@@ -265,7 +265,7 @@ def test_uint8_tensor_images_give_the_pil_values():
             ref = u8(pil)
             torch.manual_seed(seed)
             out = u8(tensor)
-            assert out.dtype == torch.uint8 and out.shape == ref.shape and out.is_contiguous(), tf
+            assert out.dtype == torch.uint8 and out.shape == ref.shape and out.permute(1, 2, 0).is_contiguous(), tf
             diff = (out.int() - ref.int()).abs()
             assert diff.max() <= 2 and diff.float().mean() < 0.3, (tf, seed, diff.max().item())
     # A plain float pipeline on a tensor is not what the uint8 path is for: it says what it expected.

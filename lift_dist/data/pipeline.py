@@ -39,6 +39,7 @@ from webdataset.cache import FileCache
 
 from lift_dist.data import location
 from lift_dist.data.chunk_slots import ChunkSlots
+from lift_dist.data.device_decode import DeferredImage, jpeg_size, plan_geometry
 from lift_dist.data.manifest import IMAGE_KEYS, Manifest
 from lift_dist.errors import DataError
 from lift_dist.transforms import stack_images
@@ -154,11 +155,8 @@ def _decode_tensor(data: bytes, min_side: int | None) -> torch.Tensor:
     return torch.from_numpy(np.array(_draft_decode(img, min_side))).permute(2, 0, 1)
 
 
-def decode_sample(sample: dict, num_classes: int, min_side: int | None = None, as_tensor: bool = False):
-    """Decode one sample to (image, label, key): a PIL image, or with `as_tensor` a (3, H, W) uint8
-    tensor. With `min_side`, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter
-    side is still >= min_side (PIL draft mode): shards built with --no-resize then cost little more
-    than resized ones."""
+def sample_fields(sample: dict, num_classes: int) -> tuple[bytes, int, str, str]:
+    """(image bytes, label, key, "sample 'KEY' in SHARD") of a shard sample, its label checked."""
     key = sample.get("__key__", "?")
     where = f"sample '{key}' in {sample.get('__url__', '?')}"
     img_key = next((k for k in IMAGE_KEYS if k in sample), None)
@@ -170,15 +168,26 @@ def decode_sample(sample: dict, num_classes: int, min_side: int | None = None, a
         raise DataError(f"{where}: 'cls' is not an integer label: {sample['cls'][:20]!r}") from None
     if not 0 <= label < num_classes:
         raise DataError(f"{where}: label {label} is outside 0..{num_classes - 1} of the manifest")
-    data = sample[img_key]
+    return sample[img_key], label, key, where
+
+
+def decode_image(data: bytes, where: str, min_side: int | None = None, as_tensor: bool = False):
+    """A PIL image, or with `as_tensor` a (3, H, W) uint8 tensor. With `min_side`, a JPEG is decoded
+    at the smallest DCT scale (1/2, 1/4, 1/8) whose shorter side is still >= min_side (PIL draft
+    mode): shards built with --no-resize then cost little more than resized ones."""
     try:
-        img = _decode_tensor(data, min_side) if as_tensor else _draft_decode(Image.open(io.BytesIO(data)), min_side)
+        return _decode_tensor(data, min_side) if as_tensor else _draft_decode(Image.open(io.BytesIO(data)), min_side)
     except Exception as e:
         msg = str(e).strip()
         if re.match(r"decode_\w+, \S+:\d+, ", msg):  # the decoders prefix their C++ source location
             msg = msg.split(", ", 2)[2]
         raise DataError(f"{where}: image cannot be decoded ({type(e).__name__}: {msg})") from None
-    return img, label, key
+
+
+def decode_sample(sample: dict, num_classes: int, min_side: int | None = None, as_tensor: bool = False):
+    """(image, label, key) of a shard sample (see `decode_image`)."""
+    data, label, key, where = sample_fields(sample, num_classes)
+    return decode_image(data, where, min_side, as_tensor), label, key
 
 
 class ShardStream(IterableDataset):
@@ -201,6 +210,7 @@ class ShardStream(IterableDataset):
         chunk: int = 16,
         decode_min_side: int | None = None,
         decode_to_tensor: bool = False,
+        defer_decode: bool = False,
         reseed: bool | None = None,
         retries: int | None = None,
         cache_dir: str | None = None,
@@ -213,6 +223,7 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.resampled, self.seed = shuffle_buffer, resampled, seed
         self.samples_per_rank, self.chunk, self.decode_min_side = samples_per_rank, chunk, decode_min_side
         self.decode_to_tensor = decode_to_tensor  # the transform must take uint8 tensors (transforms.uint8_output)
+        self.defer_decode = defer_decode  # JPEGs decoded by the main process on its device (needs decode_to_tensor)
         self.reseed = train if reseed is None else reseed  # seed the transform's randomness per sample
         self.retries = (3 if manifest.remote else 0) if retries is None else retries
         self.cache_dir = cache_dir
@@ -251,12 +262,14 @@ class ShardStream(IterableDataset):
                 break
             url = sample.get("__url__", "?")
             seen[url] = seen.get(url, 0) + 1
-            img, label, key = decode_sample(sample, self.num_classes, self.decode_min_side, self.decode_to_tensor)
+            data, label, key, where = sample_fields(sample, self.num_classes)
+            size = jpeg_size(data) if self.defer_decode else None  # (device decoding: the main process decodes)
+            img = None if size else decode_image(data, where, self.decode_min_side, self.decode_to_tensor)
             if self.reseed:
                 # Per-sample seed: augmentation independent of worker count and replayable.
                 # (CPU generator only: torch.manual_seed also queues CUDA/XPU seeding with a stack trace, per sample.)
                 torch.default_generator.manual_seed(_stable_seed("aug", self.seed, epoch, key, seen[url] if self.resampled else 0))
-            images.append(self.transform(img))
+            images.append(DeferredImage(data, plan_geometry(self.transform, *size), where) if size else self.transform(img))
             labels.append(label)
             keys.append(key)
             produced += 1
@@ -273,7 +286,10 @@ class ShardStream(IterableDataset):
 
 
     def _chunk(self, images: list, labels: list[int], keys: list[str], info) -> tuple:
-        """(images, labels, keys) -- from a loader worker with the shared buffer's slot as a 4th item."""
+        """(images, labels, keys) -- from a loader worker with the shared buffer's slot as a 4th item;
+        with device decoding the images stay a list (lift_dist.data.device_decode.DeviceDecoder)."""
+        if self.defer_decode:
+            return images, torch.tensor(labels), keys
         shared = self.slots.stack(images, info.id) if info is not None else None
         if shared is None:
             return stack_images(images), torch.tensor(labels), keys

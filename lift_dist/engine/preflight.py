@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from lift_dist.config import RunConfig
 from lift_dist.data.manifest import Manifest, read_manifest
@@ -89,6 +90,17 @@ def check_batch(cfg: RunConfig, train: Manifest, world: int, notes: list[str]) -
         notes.append(f"note: optim.batch_size={cfg.optim.batch_size} is larger than the {train.num_samples} samples of "
                      f"'{train.split}': every epoch is a single step over all of them")
     return micro, accum
+
+
+def check_decode_device(cfg: RunConfig, notes: list[str]) -> None:
+    d = cfg.data
+    if d.decode_device != "cuda":
+        return
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        raise ConfigError(f"data.decode_device=cuda decodes JPEGs on the training GPU, but device={cfg.device}"
+                          + ("" if cfg.device == "cpu" else " and no CUDA GPU is visible") + "; use data.decode_device=cpu")
+    if d.feature_cache:
+        notes.append("data.decode_device=cuda has no effect with data.feature_cache (features are read, not images)")
 
 
 def check_files(cfg: RunConfig, train: Manifest) -> None:
@@ -176,6 +188,7 @@ def preflight(cfg: RunConfig) -> Plan:
     train, evals = read_data(cfg, world)
     notes: list[str] = []
     micro, accum = check_batch(cfg, train, world, notes)
+    check_decode_device(cfg, notes)
     check_files(cfg, train)
     signature = run_signature(cfg, train, world, micro, accum)
     launch = launch_id()

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 
 import torch
 
-from lift_dist.data.pipeline import ShardPlan, ShardStream, loader_batches, make_loader, sample_weights_for_step, steps_in_epoch
+from lift_dist.data.device_decode import DeviceDecoder
+from lift_dist.data.pipeline import (
+    ShardPlan,
+    ShardStream,
+    loader_batches,
+    make_loader,
+    rebatch,
+    sample_weights_for_step,
+    steps_in_epoch,
+)
 from lift_dist.transforms import (
     SharedEpoch,
     eval_transform,
@@ -53,15 +62,17 @@ class TrainData:
         self.resampled = cfg.data.epoch_mode == "resampled"
         self.per_rank_resampled = math.ceil(train.num_samples / info.world)
         self.epoch = SharedEpoch(0)
-        self.loader = None
+        self.loader = self.device_decoder = None
         if cache is None:
             d = cfg.data
             stream = ShardStream(
                 train, self.shards, info.rank, self.epoch, train_transform(cfg, resolution, self.epoch), train=True,
                 num_classes=train.num_classes, shuffle_buffer=d.shuffle_buffer, resampled=self.resampled, seed=cfg.seed,
                 samples_per_rank=self.per_rank_resampled, decode_min_side=resolution * 8 // 7 if d.jpeg_draft else None,
-                decode_to_tensor=True, retries=d.shard_retries if train.remote else 0, cache_dir=d.shard_cache)
+                decode_to_tensor=True, defer_decode=d.decode_device == "cuda", retries=d.shard_retries if train.remote else 0,
+                cache_dir=d.shard_cache)
             self.loader = make_loader(stream, d.workers)
+            self.device_decoder = DeviceDecoder(info.device) if d.decode_device == "cuda" else None
 
     def rank_counts(self, epoch: int) -> list[int]:
         if self.resampled:
@@ -80,6 +91,8 @@ class TrainData:
         self.epoch.set(epoch)
         if self.cache is not None:
             source = self.cache.batches(self.shards, epoch, self.info.rank, self.cfg.seed, self.micro)
+        elif self.device_decoder is not None:  # JPEGs decoded on the GPU, chunk by chunk, then re-cut there
+            source = rebatch(self.device_decoder(iter(self.loader)), self.micro)
         else:
             source = loader_batches(self.loader, self.micro)
         last = None
