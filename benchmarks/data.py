@@ -16,6 +16,7 @@ workers' CPU milliseconds per image (from /proc, robust to other load on the mac
     python benchmarks/data.py --folder ~/photos/train --images 2000
     python benchmarks/data.py --baseline 8288845       # the shard stream of an older commit, side by side
     python benchmarks/data.py --profile                # cProfile of the stream in-process (workers=0)
+    python benchmarks/data.py --exact                  # adds the exact-input mode: --no-resize shards, no draft decoding
 """
 
 from __future__ import annotations
@@ -54,10 +55,11 @@ from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, make_loa
 from lift_dist.transforms import lift_train_transform, normalize_uint8, uint8_output
 shards, workers, batch, res, passes = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
 device = sys.argv[7]  # "" (decoded in the workers) or the device of data.decode_device=cuda's path
+min_side = None if sys.argv[8] == "exact" else res * 8 // 7  # data.jpeg_draft=false: full-size decodes
 m = read_manifest(shards, "train")
 defer = {"defer_decode": True} if device else {}
 stream = ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), uint8_output(lift_train_transform(res)),
-                     train=True, num_classes=m.num_classes, shuffle_buffer=500, decode_min_side=res * 8 // 7,
+                     train=True, num_classes=m.num_classes, shuffle_buffer=500, decode_min_side=min_side,
                      decode_to_tensor=True, **defer)  # as the trainer builds it
 loader = make_loader(stream, workers)
 try:  # the trainer's own batching, where the checkout has it (buffers reused)
@@ -128,11 +130,11 @@ def time_folder(root: Path, workers: int, batch: int, res: int, passes: int) -> 
 
 
 def time_shards(repo: Path, shards: Path, workers: int, batch: int, res: int, passes: int, timing_dir: Path,
-                device: str = "") -> dict:
+                device: str = "", exact: bool = False) -> dict:
     """The shard stream in a fresh process running `repo`'s code (decoding on `device` in the main
-    process when given: data.decode_device=cuda's path)."""
+    process when given: data.decode_device=cuda's path; `exact`: no draft decoding)."""
     r = subprocess.run([sys.executable, "-c", STREAM, str(repo), str(shards), str(workers), str(batch), str(res), str(passes),
-                        device],
+                        device, "exact" if exact else "draft"],
                        capture_output=True, text=True, cwd=repo, env=dict(os.environ, PYTHONPATH=f"{repo}:{timing_dir}"))
     if r.returncode:
         raise SystemExit(f"the shard stream of {repo} failed:\n{r.stderr[-3000:]}")
@@ -187,6 +189,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true", help="print a cProfile of the stream (in-process)")
     p.add_argument("--device-decode", metavar="DEVICE",
                    help="also time data.decode_device=cuda's path, decoding on DEVICE (cuda, or cpu to run it here)")
+    p.add_argument("--exact", action="store_true",
+                   help="also time the exact-input mode: shards built with --no-resize, data.jpeg_draft=false")
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -208,10 +212,18 @@ def main() -> None:
             baseline = time_shards(base, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp) if base else None
         on_device = time_shards(REPO, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp, a.device_decode) \
             if a.device_decode else None
-    report(a, folder, shards, baseline, on_device)
+        exact = time_exact(images, tmp, a) if a.exact else None
+    report(a, folder, shards, baseline, on_device, exact)
 
 
-def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict | None) -> None:
+def time_exact(images: Path, tmp: Path, a) -> dict:
+    """The exact-input mode: the original JPEGs kept in the shards and decoded at full size."""
+    with contextlib.redirect_stdout(sys.stderr):
+        build_image_folder(images, tmp / "exact", "train", shard_size=64, workers=1, progress=False, resize=None)
+    return time_shards(REPO, tmp / "exact", a.workers, a.batch, a.res, a.passes, tmp, exact=True)
+
+
+def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict | None, exact: dict | None) -> None:
     per = {k: v["images_per_s"] / a.workers for k, v in (("folder", folder), ("shards", shards), ("baseline", baseline)) if v}
     out = {"images": shards["images"], "workers": a.workers, "batch": a.batch, "transform": f"LIFT train, {a.res} px",
            "source": str(a.folder) if a.folder else "800x600 photo-like JPEG", "shards_resized_at_build": 256,
@@ -220,6 +232,8 @@ def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict
            "speedup_worker_cpu": folder["worker_cpu_ms_per_image"] / shards["worker_cpu_ms_per_image"]}
     if on_device:
         out["device_decode"] = dict(on_device, device=a.device_decode)
+    if exact:
+        out["exact"] = exact
     if baseline:
         out["over_baseline_wall"] = shards["images_per_s"] / baseline["images_per_s"]
         out["over_baseline_worker_cpu"] = baseline["worker_cpu_ms_per_image"] / shards["worker_cpu_ms_per_image"]
@@ -233,6 +247,8 @@ def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict
         rows.append((f"lift-dist shards at {a.baseline}", baseline))
     if on_device:
         rows.append((f"shards, decoded on {a.device_decode} (main)", on_device))
+    if exact:
+        rows.append(("exact inputs (--no-resize, no draft)", exact))
     for name, r in rows:
         first = r["first_pass_images_per_s"] / a.workers
         print(f"  {name:38s} {r['images_per_s'] / a.workers:7.1f} img/s per worker (first pass {first:6.1f}), "

@@ -2,7 +2,8 @@
 
 lift-dist: the PeftViT path (explicit block maths, fused SDPA, frozen weights with requires_grad off,
 so autograd computes no weight gradient for them). Plain loop: open_clip's own forward
-(nn.MultiheadAttention), AdaptFormer attached with hooks, every tensor requiring grad (full
+(nn.MultiheadAttention), AdaptFormer attached with hooks, LoRA as a parametrization of the
+attention's in-projection weight, every tensor requiring grad (full
 autograd), the optimizer over the same trainable tensors. Same batch, same precision.
 Prints images/s, the time split (forward / backward / optimizer) and, on GPU, model FLOP
 utilisation from 2x the forward FLOPs (frozen weights need no weight gradients).
@@ -16,10 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import parametrize
 
 from lift_dist.config import ModelConfig
 from lift_dist.engine.flops import forward_flops_per_image, utilisation
@@ -29,6 +32,18 @@ from lift_dist.model.lift_model import build_model
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+class LoraWeight(torch.nn.Module):
+    """W (3D, D) -> W + [ΔW_q; 0; ΔW_v], ΔW = (A B)ᵀ / r: the same q/v deltas as our lora sites."""
+
+    def __init__(self, q, v):
+        super().__init__()
+        self.q, self.v = q, v
+
+    def forward(self, w):
+        dq, dv = ((m.lora_A @ m.lora_B).t() * m.scaling for m in (self.q, self.v))
+        return w + torch.cat([dq, torch.zeros_like(dq), dv])
 
 
 def plain_model(name: str, peft: str, num_classes: int, device):
@@ -43,6 +58,8 @@ def plain_model(name: str, peft: str, num_classes: int, device):
             af, store = pb.sites["adaptformer"], {}
             rb.ln_2.register_forward_pre_hook(lambda m, a, store=store: store.__setitem__("x", a[0]))
             rb.register_forward_hook(lambda m, a, out, af=af, store=store: out + af(store["x"]))
+        if "lora_q" in pb.sites:  # the usual way: the low-rank delta added to the attention's in-projection
+            parametrize.register_parametrization(rb.attn, "in_proj_weight", LoraWeight(pb.sites["lora_q"], pb.sites["lora_v"]))
     visual.requires_grad_(True)
     head = model.head
 
@@ -54,9 +71,10 @@ def plain_model(name: str, peft: str, num_classes: int, device):
 
 
 def run(forward, params, x, y, steps, warmup, precision, device):
+    """Per-step times; the median step is reported (robust to other load on the machine)."""
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    t = {"forward": 0.0, "backward": 0.0, "optimizer": 0.0}
+    times = []
     for i in range(warmup + steps):
         sync(device)
         t0 = time.perf_counter()
@@ -72,19 +90,20 @@ def run(forward, params, x, y, steps, warmup, precision, device):
         sync(device)
         t3 = time.perf_counter()
         if i >= warmup:
-            t["forward"] += t1 - t0
-            t["backward"] += t2 - t1
-            t["optimizer"] += t3 - t2
-    total = sum(t.values())
-    n = steps * x.shape[0]
-    return {"images_per_s": n / total, "ms_per_image": 1000 * total / n, **{f"{k}_share": v / total for k, v in t.items()}}
+            times.append((t1 - t0, t2 - t1, t3 - t2))
+    f, b, o = sorted(times, key=sum)[len(times) // 2]
+    total = f + b + o
+    n = x.shape[0]
+    return {"images_per_s": n / total, "ms_per_image": 1000 * total / n,
+            "forward_share": f / total, "backward_share": b / total, "optimizer_share": o / total}
 
 
 def forward_only(forward, x, steps, warmup, precision, device) -> float:
-    """ms per image of the same forward without autograd (the floor's unit: a frozen-backbone step
-    needs about this again for the input gradients, nothing for frozen weight gradients)."""
+    """ms per image of the same forward without autograd, median of `steps` (the floor's unit: a
+    frozen-backbone step needs about this again for the input gradients, nothing for frozen weight
+    gradients)."""
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    total = 0.0
+    times = []
     with torch.no_grad():
         for i in range(warmup + steps):
             sync(device)
@@ -93,8 +112,8 @@ def forward_only(forward, x, steps, warmup, precision, device) -> float:
                 forward(x)
             sync(device)
             if i >= warmup:
-                total += time.perf_counter() - t0
-    return 1000 * total / (steps * x.shape[0])
+                times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times) / x.shape[0]
 
 
 def measure(name, peft, batch, steps, warmup, device, precision, num_classes, compile_model, channels_last, frozen_bf16=False):
@@ -133,8 +152,8 @@ def main():
     p.add_argument("--models", default="tiny,ViT-B-16")
     p.add_argument("--pefts", default="adaptformer,full,none")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=9)
+    p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--compile", action="store_true")
@@ -149,7 +168,8 @@ def main():
     if a.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"training step, {a.device} {a.precision}, batch {a.batch}, {a.steps} timed steps (plain = open_clip MHA path, full autograd)")
+    print(f"training step, {a.device} {a.precision}, batch {a.batch}, median of {a.steps} steps "
+          "(plain = open_clip MHA path, full autograd)")
     print(f"{'model':<10} {'module':<12} {'ours img/s':>10} {'plain img/s':>11} {'ours/plain time':>15} {'step/forward':>12} "
           f"{'fwd/bwd/opt %':>16} {'TFLOP/s':>8} {'MFU':>6}")
     for r in rows:

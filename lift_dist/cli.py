@@ -47,7 +47,7 @@ def run_command(prog: str, spec: str, args: argparse.Namespace) -> int:
     except LiftError as e:
         msg = f"{prog}: {getattr(e, 'label', 'error')}: {one_line(e)}"
         print(msg, file=sys.stderr, flush=True)
-        report_failure(msg)
+        report_failure(msg, secondary=getattr(e, "secondary", False))
         return getattr(e, "exit_code", EXIT_USER_ERROR)
     except OSError as e:  # disk full, permissions, a vanished mount: the file and the reason
         msg = f"{prog}: error: {one_line(e)}"

@@ -72,13 +72,15 @@ def die_with_parent() -> None:
         threading.Thread(target=watch, name="lift-dist-parent-watch", daemon=True).start()
 
 
-def report_failure(message: str) -> None:
-    """Put the one-line error where torchrun reads a failed worker's message (TORCHELASTIC_ERROR_FILE)."""
+def report_failure(message: str, secondary: bool = False) -> None:
+    """Put the one-line error where torchrun reads a failed worker's message (TORCHELASTIC_ERROR_FILE).
+    torchrun's root cause is the earliest stamp (whole seconds, ties to the lowest rank): a `secondary`
+    failure, one caused by another rank's, is stamped a second later so it never takes that place."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if not path:
         return
     try:
         with open(path, "w") as f:
-            json.dump({"message": message, "timestamp": int(time.time())}, f)
+            json.dump({"message": message, "timestamp": int(time.time()) + int(secondary)}, f)
     except OSError:
         pass

@@ -114,8 +114,9 @@ class ToUint8Tensor:
 
 
 def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
-    """(B, 3, H, W) from (3, H, W) images; channels-last ones stay channels-last (one memcpy each)."""
-    if images[0].dtype == torch.uint8 and all(im.permute(1, 2, 0).is_contiguous() for im in images):
+    """(B, 3, H, W) from (3, H, W) images; channels-last ones stay channels-last (one memcpy each).
+    Stacks of views (test-time ensembling) are stacked as they are."""
+    if images[0].dim() == 3 and images[0].dtype == torch.uint8 and all(im.permute(1, 2, 0).is_contiguous() for im in images):
         return torch.stack([im.permute(1, 2, 0) for im in images]).permute(0, 3, 1, 2)
     return torch.stack(images)
 

@@ -50,3 +50,5 @@ def test_under_torchrun_the_users_line_comes_last(demo_shards, tmp_path):
     tail = "\n".join(p.stderr.strip().splitlines()[-8:])
     assert "traceback : lift-dist train: error: sample '" in tail and str(tar) in tail, p.stderr[-3000:]
     assert "image cannot be decoded" in tail and "To enable traceback" not in p.stderr
+    # The healthy rank learns it at the same step and stops with its own line, not a broken connection.
+    assert "error: rank 1 stopped on an error at epoch 1" in p.stderr and "[rank0]: Traceback" not in p.stderr

@@ -8,7 +8,7 @@ import torch
 from lift_dist.data.chunk_slots import PER_WORKER
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader, rebatch
-from lift_dist.transforms import eval_transform, lift_train_transform, normalize_uint8, uint8_output
+from lift_dist.transforms import eval_transform, lift_train_transform, normalize_uint8, tte_transform, uint8_output
 
 
 def stream(shards, tf, chunk: int = 4) -> ShardStream:
@@ -19,6 +19,21 @@ def stream(shards, tf, chunk: int = 4) -> ShardStream:
 
 def by_key(batches) -> dict:
     return {k: (x.clone(), int(y)) for xs, ys, keys in batches for x, y, k in zip(xs, ys, keys)}
+
+
+def test_test_time_ensembling_views_reach_the_batches(demo_shards):
+    """Evaluation with TTE gives each sample a stack of normalised crops, (views, 3, H, W): the workers
+    send those as they are."""
+    m = read_manifest(demo_shards, "train")
+
+    def make() -> ShardStream:
+        return ShardStream(m, ShardPlan(len(m.shard_files), m.shard_samples, 0, 1), 0, FixedEpoch(), tte_transform(32),
+                           train=False, num_classes=m.num_classes, chunk=4)  # as evaluate builds it
+
+    ref = by_key(loader_batches(make_loader(make(), 0), 7))
+    got = by_key(loader_batches(make_loader(make(), 2), 7))
+    assert got.keys() == ref.keys() and len(got) == 201
+    assert all(got[k][0].shape == (5, 3, 32, 32) and torch.equal(got[k][0], ref[k][0]) for k in ref)
 
 
 def test_worker_batches_equal_in_process_ones_through_reused_buffers(demo_shards):

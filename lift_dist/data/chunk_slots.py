@@ -37,7 +37,10 @@ class ChunkSlots:
 
     def stack(self, images: list[torch.Tensor], worker: int) -> tuple[torch.Tensor, int] | None:
         """(B, 3, H, W) channels-last batch of channels-last uint8 images in a free shared buffer of
-        this worker, and its slot; None when there is none (or the images are not channels-last uint8)."""
+        this worker, and its slot; None when there is none (or the images are not channels-last uint8
+        (3, H, W): test-time ensembling's stacks of views go as fresh tensors)."""
+        if images[0].dim() != 3:
+            return None
         hwc = [im.permute(1, 2, 0) for im in images]
         if images[0].dtype != torch.uint8 or not all(h.is_contiguous() and h.shape == hwc[0].shape for h in hwc):
             return None

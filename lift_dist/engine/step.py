@@ -23,6 +23,13 @@ class NonFiniteLoss(LiftError):
     pass
 
 
+class PeerFailed(LiftError):
+    """Another rank stopped on an error of its own at this step. `secondary`: the error file of this
+    rank is stamped after that error, so torchrun names the other rank's line as the root cause."""
+
+    secondary = True
+
+
 class StepHook:
     def forward_start(self) -> None: ...
     def forward_end(self, loss: torch.Tensor) -> None: ...
@@ -41,11 +48,25 @@ class StepGuard(StepHook):
         return f"; the last good checkpoint is {self.last_good}" if self.last_good else "; no checkpoint was written before it"
 
     def forward_end(self, loss: torch.Tensor) -> None:
-        flags = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0, 1.0 if self.stop.requested else 0.0])
-        all_reduce_sum_(flags, self.device)
-        if flags[0].item() > 0:
+        flags = self._exchange(nonfinite=not torch.isfinite(loss.detach()).all(), failed=False)
+        if flags[2] > 0:
+            rank = f"rank {int(flags[3])}" if flags[2] == 1 else f"{int(flags[2])} ranks"
+            raise PeerFailed(f"{rank} stopped on an error at {self.where()} (its own line names it); "
+                             f"training stopped{self._kept()}")
+        if flags[0] > 0:
             raise NonFiniteLoss(f"loss became NaN/inf at {self.where()}; training stopped{self._kept()}")
-        self.stop_agreed = self.stop_agreed or flags[1].item() > 0
+        self.stop_agreed = self.stop_agreed or flags[1] > 0
+
+    def fail_together(self, rank: int) -> None:
+        """This rank met an error before this micro-step's exchange (a bad sample in its shards): it
+        joins the exchange the other ranks wait in, so they stop with one line too, instead of dying
+        later on a broken connection."""
+        self._exchange(nonfinite=False, failed=True, rank=rank)
+
+    def _exchange(self, nonfinite: bool, failed: bool, rank: int = 0) -> list[float]:
+        """[ranks with a non-finite loss, ranks asked to stop, ranks failed, sum of the failed ranks]."""
+        flags = torch.tensor([float(nonfinite), float(self.stop.requested), float(failed), float(rank if failed else 0)])
+        return all_reduce_sum_(flags, self.device).tolist()
 
     def optimizer_step_end(self) -> None:
         # A finite loss can still give inf/NaN weights (huge gradients); never checkpoint those.

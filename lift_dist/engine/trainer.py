@@ -199,7 +199,7 @@ class Trainer:
             g["lr"] = self.lr
         n_step = self.data.real_samples(epoch, self.progress.step)
         for _ in range(self.plan.accum):
-            batch = next(batches)
+            batch = self._next_batch(batches)
             self.meter.data_s += batch.wait_s
             loss = self.forward_backward_step(batch, n_step)
             if batch.real:
@@ -210,6 +210,14 @@ class Trainer:
             h.optimizer_step_end()
         self.progress.step += 1
         self.progress.global_step += 1
+
+    def _next_batch(self, batches) -> Batch:
+        try:
+            return next(batches)
+        except LiftError:  # a bad sample: the other ranks learn it at this step's exchange, and stop too
+            if self.info.world > 1:
+                self.guard.fail_together(self.info.rank)
+            raise
 
     def forward_backward_step(self, batch: Batch, n_step: int) -> torch.Tensor:
         """Loss of one micro-batch (weighted so that the step's gradient is the mean over its real
