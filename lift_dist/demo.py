@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 from lift_dist.errors import LiftError
-from lift_dist.report import write_report
 from lift_dist.run_dir import RunDir
 from lift_dist.shards import build_image_folder
 from lift_dist.synthetic import long_tail_counts, write_image_folder
@@ -89,8 +88,12 @@ def _run(work: Path, args, t0: float) -> int:
         v = metrics[k]
         print(f"  {k:<8} {100 * v:6.2f}%" if v is not None else f"  {k:<8}    n/a")
     print(f"  without TTE: overall {100 * metrics['no_tte']['overall']:.2f}%")
-    page = write_report([run_dir], work / "report", title="lift-dist demo")
-    print(f"[demo] report: {page}")
+    try:  # the HTML report is an extra (jinja2, matplotlib): the demo trains and evaluates without it
+        from lift_dist.report import write_report  # noqa: PLC0415  (the report extra)
+    except ImportError as e:
+        print(f"[demo] no report ({e.name} is not installed: pip install 'lift-dist[report]')")
+    else:
+        print(f"[demo] report: {write_report([run_dir], work / 'report', title='lift-dist demo')}")
     print(f"[demo] trainable parameters: {metrics['trainable_params']:,} ({metrics['module_params']:,} AdaptFormer + "
           f"{metrics['head_params']:,} head); run directory: {run_dir}; {time.time() - t0:.0f}s in all")
     return 0

@@ -34,6 +34,11 @@ def _unwrap_worker_message(cls_name: str, message: str) -> str:
     return f"{original} (in {m.group(2)})"
 
 
+# Ends the line of a rank that stopped because another rank failed: readers of several ranks' logs
+# (launch --wait) report the line of the rank that failed first.
+SECONDARY = "(another rank's line names the cause)"
+
+
 class ConfigError(LiftError):
     """An invalid setting: unknown name, value out of range, inconsistent options."""
 

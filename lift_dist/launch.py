@@ -31,7 +31,7 @@ from lift_dist.data.manifest import read_manifest
 from lift_dist.engine.launcher_env import slurm_master_port
 from lift_dist.engine.preflight import check_batch, check_files, check_run_dir, read_data, run_signature
 from lift_dist.engine.trainer import train
-from lift_dist.errors import ConfigError, LiftError, one_line
+from lift_dist.errors import SECONDARY, ConfigError, LiftError, one_line
 from lift_dist.predict import check_args
 from lift_dist.run_dir import RunDir, launch_id
 from lift_dist.train import config_from_args
@@ -256,8 +256,21 @@ def final_state(job, timeout_s: float = 120) -> str:
     return state
 
 
-def first_task_error(job) -> str | None:
-    """The first rank's one-line lift-dist error in the task logs ('rank R: ...'), if any."""
+def first_task_error(job, settle_s: float = 20) -> str | None:
+    """The first rank's one-line lift-dist error in the task logs ('rank R: ...'), if any. A rank that
+    only stopped because another failed is named only when no rank says more: while that is all the
+    logs hold, they are read again for `settle_s` (Slurm may still be writing the failed rank's log)."""
+    deadline = time.time() + settle_s
+    while True:
+        hits = task_errors(job)
+        best = min(hits, key=lambda h: SECONDARY in h, default=None)
+        if best is None or SECONDARY not in best or time.time() >= deadline:
+            return best
+        time.sleep(1)
+
+
+def task_errors(job) -> list[str]:
+    hits = []
     for t in range(job.num_tasks):
         path = job.task(t).paths.stderr
         try:
@@ -266,8 +279,8 @@ def first_task_error(job) -> str | None:
             continue
         hit = next((line[line.index("lift-dist "):] for line in lines if "lift-dist " in line and ": error: " in line), None)
         if hit:  # (torch may prefix a rank's stderr lines with "[rankN]:")
-            return f"rank {t}: {hit}"
-    return None
+            hits.append(f"rank {t}: {hit}")
+    return hits
 
 
 def _tail(path: Path, offset: int) -> int:

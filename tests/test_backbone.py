@@ -34,13 +34,32 @@ def test_bad_weights_file_is_named(tmp_path, name, content):
     assert ("does not exist" in str(e.value)) == (content is None)
 
 
-def test_bad_weights_file_on_the_command_line(demo_shards, tmp_path):
-    bad = tmp_path / "w.pt"
-    bad.write_bytes(b"not a checkpoint")
+def _truncated_checkpoint(path):
+    torch.save(open_clip.create_model("tiny").state_dict(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("weights, message", [
+    ("not-a-checkpoint", "cannot be read as a checkpoint"),
+    ("truncated", "cannot be read as a checkpoint"),
+    ("opnai", "'opnai' is neither a weights file nor a pretrained tag of tiny"),
+])
+def test_bad_weights_are_named_before_anything_starts(demo_shards, tmp_path, weights, message):
+    """A misspelt tag or a damaged weights file: one line naming it, exit 2, and no run directory --
+    refused by the preflight, before the process group and the model exist."""
+    register_builtin_configs()
+    arg = weights
+    if weights != "opnai":
+        arg = str(tmp_path / "w.pt")
+        if weights == "truncated":
+            _truncated_checkpoint(tmp_path / "w.pt")
+        else:
+            (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
     p = subprocess.run([sys.executable, "-m", "lift_dist", "train", "--shards", str(demo_shards), "--model", "tiny", "--device", "cpu",
-                        "--pretrained", str(bad), "--out", str(tmp_path / "r")], capture_output=True, text=True,
+                        "--pretrained", arg, "--out", str(tmp_path / "r")], capture_output=True, text=True,
                        env=run_env(), cwd=REPO, timeout=120)
-    assert p.returncode == 2 and str(bad) in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert p.returncode == 2 and arg in p.stderr and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.fixture(scope="module")

@@ -52,3 +52,4 @@ def test_under_torchrun_the_users_line_comes_last(demo_shards, tmp_path):
     assert "image cannot be decoded" in tail and "To enable traceback" not in p.stderr
     # The healthy rank learns it at the same step and stops with its own line, not a broken connection.
     assert "error: rank 1 stopped on an error at epoch 1" in p.stderr and "[rank0]: Traceback" not in p.stderr
+    assert "another rank's line names the cause" in p.stderr

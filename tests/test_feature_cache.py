@@ -25,7 +25,8 @@ def test_frozen_prefix_and_split_forward(peft, layers, expected):
     with torch.no_grad():
         for c in {cut, 1, L, L + 1}:
             state = enc.forward_to(x, c)
-            assert state.shape == ((3, enc.width) if c > L else (3, enc.seq_len, enc.width))
+            tokens = 1 if c == L else enc.seq_len  # the last block's output is its CLS token alone
+            assert state.shape == ((3, enc.width) if c > L else (3, tokens, enc.width))
             torch.testing.assert_close(model(state, cached_from=c), model(x), atol=1e-5, rtol=1e-5)
 
 

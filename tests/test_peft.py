@@ -60,6 +60,35 @@ def test_additive_modules_start_as_exact_identity(tiny_clip, names):
         assert torch.equal(enc(x), base(x))
 
 
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_last_block_on_the_cls_token_alone_changes_nothing(tiny_clip, name):
+    """The last block computes only the CLS token past its keys and values: the same feature and the
+    same gradients as running it on every token, for every method."""
+    enc, _ = make_encoder(tiny_clip, [name], length=5) if name.startswith("vpt") else make_encoder(tiny_clip, [name])
+    with torch.no_grad():
+        for p in trainable(enc).values():
+            p.add_(0.01 * torch.randn_like(p))
+    x = images()
+
+    def every_token(x):
+        x = enc.embed(x)
+        for blk in enc.blocks:
+            x = blk(x, enc.seq_len)
+        return enc.ln_post(x[:, 0])
+
+    feats, grads = [], []
+    for f in (enc, every_token):
+        out = f(x)
+        feats.append(out.detach())
+        if trainable(enc):
+            out.square().mean().backward()
+            grads.append({n: p.grad.clone() for n, p in trainable(enc).items()})
+            enc.zero_grad(set_to_none=True)
+    torch.testing.assert_close(feats[0], feats[1], atol=1e-5, rtol=1e-5)
+    for n in grads[0] if grads else ():
+        torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4, msg=n)
+
+
 @pytest.mark.parametrize("names", [["vpt-shallow"], ["vpt-deep"], ["ssf"]])
 def test_non_identity_modules_change_the_output(tiny_clip, names):
     base, _ = make_encoder(tiny_clip, ["none"])
@@ -152,8 +181,9 @@ def test_vpt_sequence_lengths(tiny_clip):
             enc(images(n=1))
         for h in hooks:
             h.remove()
-        # Prompts are appended once (shallow) or replaced per block (deep): never accumulated.
-        assert lengths == [enc.seq_len + 5] * enc.num_layers, (name, lengths)
+        # Prompts are appended once (shallow) or replaced per block (deep): never accumulated. The last
+        # block returns its CLS token alone (the only one read).
+        assert lengths == [enc.seq_len + 5] * (enc.num_layers - 1) + [1], (name, lengths)
         seen.append(expect)
     assert seen == ["carried", "replaced"]
 

@@ -127,6 +127,7 @@ def test_missing_groups_and_files_render_na(tmp_path, two_runs):
     assert (tmp_path / "out" / "groups.png").is_file()
 
 
+@pytest.mark.browser
 def test_page_in_headless_chromium(built, tmp_path):
     from PIL import Image, ImageStat
     from support import browser

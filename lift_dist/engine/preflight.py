@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,8 +104,10 @@ def check_decode_device(cfg: RunConfig, notes: list[str]) -> None:
 
 def check_files(cfg: RunConfig, train: Manifest) -> None:
     m = cfg.model
-    if m.pretrained and os.sep in m.pretrained and not Path(m.pretrained).is_file():
-        raise ConfigError(f"model.pretrained: weights file {m.pretrained} does not exist")
+    if m.pretrained:
+        from lift_dist.model.backbone import check_weights  # noqa: PLC0415  (open_clip: only when weights are named)
+
+        check_weights(m.name, m.pretrained)
     if m.head_init == "semantic" and m.prompt == "descriptions":
         path = Path(m.descriptions)
         if not path.is_file():

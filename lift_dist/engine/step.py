@@ -16,7 +16,7 @@ import time
 import torch
 
 from lift_dist.engine.collectives import all_reduce_sum_
-from lift_dist.errors import LiftError
+from lift_dist.errors import SECONDARY, LiftError
 
 
 class NonFiniteLoss(LiftError):
@@ -51,8 +51,7 @@ class StepGuard(StepHook):
         flags = self._exchange(nonfinite=not torch.isfinite(loss.detach()).all(), failed=False)
         if flags[2] > 0:
             rank = f"rank {int(flags[3])}" if flags[2] == 1 else f"{int(flags[2])} ranks"
-            raise PeerFailed(f"{rank} stopped on an error at {self.where()} (its own line names it); "
-                             f"training stopped{self._kept()}")
+            raise PeerFailed(f"{rank} stopped on an error at {self.where()}; training stopped{self._kept()} {SECONDARY}")
         if flags[0] > 0:
             raise NonFiniteLoss(f"loss became NaN/inf at {self.where()}; training stopped{self._kept()}")
         self.stop_agreed = self.stop_agreed or flags[1] > 0

@@ -82,6 +82,27 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
+def check_weights(name: str, pretrained: str) -> None:
+    """Before anything starts: a tag open_clip knows for `name`, or a weights file that reads as data
+    (torch's zip format maps its tensors without loading them, so a truncated, corrupt or
+    code-carrying file is named in a second even for ViT-L). Shapes are checked at model build."""
+    register_builtin_configs()
+    name = registry.canonical(name)
+    if not _check_weights_arg(name, pretrained) or is_torchscript_archive(pretrained):
+        return  # a tag; TorchScript archives are only readable by jit.load, at model build
+    try:
+        if pretrained.endswith(".safetensors"):
+            from safetensors import safe_open  # noqa: PLC0415  (only for .safetensors files)
+
+            with safe_open(pretrained, "pt") as f:
+                f.keys()
+        else:
+            torch.load(pretrained, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(pretrained))
+    except Exception as e:  # torch.load's refusals, truncated zips, corrupt headers
+        raise LiftError(f"weights file {pretrained} cannot be read as a checkpoint ({type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0][:200]}); is it a complete open_clip/OpenAI checkpoint?") from None
+
+
 def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
     try:
         state = torch.jit.load(path, map_location="cpu").state_dict()

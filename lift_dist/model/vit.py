@@ -101,7 +101,10 @@ class PeftBlock(nn.Module):
         m = self.sites[name] if name in self.sites else None
         return x if m is None else m(x)
 
-    def forward(self, x: torch.Tensor, seq_len: int) -> torch.Tensor:  # x: (B, N, D)
+    def forward(self, x: torch.Tensor, seq_len: int, cls_only: bool = False) -> torch.Tensor:  # x: (B, N, D)
+        """`cls_only` (the last block, whose CLS token alone is read): every token's keys and values,
+        but only the CLS query, output projection and MLP -- in the forward pass, and in the backward
+        pass, which would otherwise push zero gradients through the other tokens' MLP."""
         s, blk = self.sites, self.block
         if "prompt" in s:
             x = s["prompt"](x, seq_len)
@@ -118,8 +121,10 @@ class PeftBlock(nn.Module):
         bsz, n, three_d = qkv.shape
         d = three_d // 3
         q, k, v = qkv.view(bsz, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if cls_only:
+            q, x = q[:, :, :1], x[:, :1]
         o = F.scaled_dot_product_attention(q, k, v)  # fused kernel; default scale 1/sqrt(head_dim)
-        o = o.transpose(1, 2).reshape(bsz, n, d)
+        o = o.transpose(1, 2).reshape(bsz, q.shape[2], d)
         o = self._site("ssf_attn_out", self._linear("attn_out", o))
         x = x + blk.ls_1(o)
         h = self._site("ssf_ln2", blk.ln_2(x))
@@ -167,10 +172,12 @@ class PeftViT(nn.Module):
         return self.ln_pre(x)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.embed(images)
-        for blk in self.blocks:
-            x = blk(x, self.seq_len)
-        return self.ln_post(x[:, 0])
+        return self.forward_from(self.embed(images), 0)
+
+    def _run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for i in range(start, stop):
+            x = self.blocks[i](x, self.seq_len, cls_only=i == self.num_layers - 1)
+        return x
 
     @contextlib.contextmanager
     def without_modules(self):
@@ -200,16 +207,13 @@ class PeftViT(nn.Module):
         return self.num_layers + int(not any(p.requires_grad for p in self.ln_post.parameters()))
 
     def forward_to(self, images: torch.Tensor, cut: int) -> torch.Tensor:
-        """Tokens entering block `cut` (B, N, D), or the final feature (B, D) for cut = num_layers + 1."""
-        x = self.embed(images)
-        for blk in self.blocks[: min(cut, self.num_layers)]:
-            x = blk(x, self.seq_len)
+        """Tokens entering block `cut` (B, N, D) -- after the last block (cut = num_layers) its CLS token
+        alone, (B, 1, D) -- or the final feature (B, D) for cut = num_layers + 1."""
+        x = self._run_blocks(self.embed(images), 0, min(cut, self.num_layers))
         return self.ln_post(x[:, 0]) if cut > self.num_layers else x
 
     def forward_from(self, x: torch.Tensor, cut: int) -> torch.Tensor:
         """The rest of `forward` from what `forward_to(images, cut)` returned."""
         if cut > self.num_layers:
             return x
-        for blk in self.blocks[cut:]:
-            x = blk(x, self.seq_len)
-        return self.ln_post(x[:, 0])
+        return self.ln_post(self._run_blocks(x, cut, self.num_layers)[:, 0])
