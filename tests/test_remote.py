@@ -4,6 +4,7 @@ connections retried, a missing shard named by its URL, an optional local shard c
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -44,8 +45,9 @@ def test_a_missing_shard_is_named_by_its_url(demo_shards, tmp_path):
         p = run_cli("train", "--shards", srv.url, "--out", str(tmp_path / "run"), *TRAIN, "--set", "data.shard_retries=1")
     line = last_line(p.stderr)
     assert p.returncode == 2, p.stderr[-2000:]
-    assert f"shard {srv.url}train-000003.tar cannot be read after 1 retries (curl exit 22: the server answered with an " \
-           "HTTP error" in line, line
+    # curl's exit status 22 (HTTP >= 400), or when the tar reader saw the empty stream first, the status asked again
+    assert f"shard {srv.url}train-000003.tar cannot be read after 1 retries (" in line, line
+    assert re.search(r"\((curl exit 22|HTTP 404): the server answered with an HTTP error", line), line
 
 
 @pytest.mark.slow
@@ -64,7 +66,7 @@ def test_manifests_from_a_url_and_errors_naming_it(demo_shards):
     with ShardServer(demo_shards) as srv:
         m = read_manifest(srv.url, "train")
         assert m.remote and m.num_samples == 201 and m.shard_files[0] == f"{srv.url}train-000000.tar"
-        with pytest.raises(DataError, match=rf"cannot read {srv.url}val-classes.parquet \(curl exit 22"):
+        with pytest.raises(DataError, match=rf"cannot read {srv.url}val-classes.parquet \((curl exit 22|HTTP 404)"):
             read_manifest(srv.url, "val", retries=0)
     with pytest.raises(ConfigError, match=r"s3:// is read through a command of yours; set data.shard_pipe"):
         read_manifest("s3://bucket/shards/", "train", retries=0)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlparse
-
-from webdataset.gopen import gopen
 
 from lift_dist.errors import ConfigError, DataError
 
@@ -62,6 +61,25 @@ def describe(e: Exception) -> str:
     return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
 
 
+def describe_failure(url: str, e: Exception) -> str:
+    """`describe`, and for an http(s) read whose curl exit status did not arrive (the tar reader may
+    see the empty stream first) the status the server gives now, asked with one more request."""
+    what = describe(e)
+    if what.startswith("curl exit") or urlparse(str(url)).scheme not in DIRECT:
+        return what
+    status = http_status(str(url))
+    return f"HTTP {status}: the server answered with an HTTP error" if status and status >= 400 else what
+
+
+def http_status(url: str) -> int | None:
+    try:  # the first byte only; curl is what webdataset reads http(s) with
+        r = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-r", "0-0", "--max-time", "10", url],
+                           capture_output=True, text=True, timeout=20)
+        return int(r.stdout.strip() or 0) or None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def backoff(attempt: int) -> float:
     return min(30.0, 0.5 * 2 ** attempt)
 
@@ -73,6 +91,8 @@ def read_bytes(url, pipe: str | None = None, retries: int = 3) -> bytes:
             return local_path(url).read_bytes()
         except FileNotFoundError:
             raise DataError(f"{url} does not exist") from None
+    from webdataset.gopen import gopen  # noqa: PLC0415  (webdataset imports torch: only remote reads need it here)
+
     target = openable(url, pipe)
     for attempt in range(retries + 1):
         try:
@@ -80,7 +100,7 @@ def read_bytes(url, pipe: str | None = None, retries: int = 3) -> bytes:
                 return f.read()
         except Exception as e:  # curl's exit status (22: HTTP >= 400, 18: cut short) arrives as an OSError
             if attempt == retries:
-                raise DataError(f"cannot read {url} ({describe(e)}) after {retries} retries") from None
+                raise DataError(f"cannot read {url} ({describe_failure(url, e)}) after {retries} retries") from None
             time.sleep(backoff(attempt))
     raise AssertionError("unreachable")
 

@@ -67,7 +67,7 @@ def shard_samples(url, retries: int = 0, cache: FileCache | None = None) -> Iter
         except Exception as e:  # tar errors of a cut stream, curl's exit status, a cache download that failed
             if attempt >= retries:
                 again = f" after {retries} retries" if retries else ""
-                raise DataError(f"shard {url} cannot be read{again} ({location.describe(e)})") from None
+                raise DataError(f"shard {url} cannot be read{again} ({location.describe_failure(url, e)})") from None
             time.sleep(location.backoff(attempt))
             attempt += 1
 

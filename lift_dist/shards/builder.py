@@ -188,16 +188,46 @@ def build(index_source: Callable[[TrainClasses | None], SourceIndex], opts: Buil
     train = None if split == "train" else load_train_classes(opts.train_dir, split)
     index = index_source(train)
     bad: list = [tuple(b) for b in index.bad]
+    _refuse_a_bad_index(index, opts, bad)
+    records, names = _write_shards(index, opts)
+    shard_bad = [tuple(b) for name in names for b in records[name].get("bad", [])]
+    bad += shard_bad
+    if shard_bad and not opts.skip_bad:
+        report = write_errors(out, split, bad)
+        raise DataError(bad_message(split, bad, report) + " Finished shards are kept; a re-run writes only the rest.")
+    summary, listed = _write_manifests(index, opts, train, records, names, bad)
+
+    elapsed = time.time() - t0
+    samples = summary["samples"]
+    written = sum(1 for r in records.values() if r["status"] == "written")
+    stats = {"elapsed_s": round(elapsed, 3), "written_shards": written, "reused_shards": len(records) - written,
+             "images_per_s": round(samples / elapsed, 1) if elapsed > 0 else None}
+    g = summary["groups"]
+    print(f"[shards] {split}: {samples:,} samples in {len(listed)} shard(s), {summary['classes']} classes "
+          f"(head/medium/tail {g['head']}/{g['medium']}/{g['tail']}, imbalance {summary['imbalance_ratio']:g}); "
+          f"{written} written, {stats['reused_shards']} reused, {len(bad)} skipped; "
+          f"{elapsed:.1f} s ({samples / max(elapsed, 1e-9):,.0f} img/s) -> {out}", flush=True)
+    return {**summary, **stats}
+
+
+def _refuse_a_bad_index(index: SourceIndex, opts: BuildOptions, bad: list) -> None:
+    """Problems found while indexing (annotations, paths, an empty split) stop the build before any
+    shard is written, unless --skip-bad and something is left."""
     if index.n == 0:
         bad.append((_source_name(index), f"empty split: no usable images ({len(index.bad)} other bad item(s))"))
     if bad and (not opts.skip_bad or index.n == 0):
-        out.mkdir(parents=True, exist_ok=True)
-        report = write_errors(out, split, bad)
+        opts.out.mkdir(parents=True, exist_ok=True)
+        report = write_errors(opts.out, opts.split, bad)
         if index.n == 0:
-            raise DataError(f"the '{split}' split is empty: no usable images in {_source_name(index)}"
+            raise DataError(f"the '{opts.split}' split is empty: no usable images in {_source_name(index)}"
                             f" ({len(index.bad)} bad item(s); see {report})")
-        raise DataError(bad_message(split, bad, report))
+        raise DataError(bad_message(opts.split, bad, report))
 
+
+def _write_shards(index: SourceIndex, opts: BuildOptions) -> tuple[dict[str, dict], list[str]]:
+    """Every shard written (or reused, when its fingerprint matches), by the workers: the records by
+    shard name, and the names in order."""
+    out, split = opts.out, opts.split
     out.mkdir(parents=True, exist_ok=True)
     num_shards = math.ceil(index.n / opts.shard_size)
     _clean_split(out, split, num_shards)
@@ -214,13 +244,14 @@ def build(index_source: Callable[[TrainClasses | None], SourceIndex], opts: Buil
     with _progress_bar(opts, index.n) as bar:
         for rec in run_tasks(tasks(), opts.workers, bar):
             records[rec["shard"]] = rec
-    names = [mf.shard_name(split, k) for k in range(num_shards)]
-    shard_bad = [tuple(b) for name in names for b in records[name].get("bad", [])]
-    bad += shard_bad
-    if shard_bad and not opts.skip_bad:
-        report = write_errors(out, split, bad)
-        raise DataError(bad_message(split, bad, report) + " Finished shards are kept; a re-run writes only the rest.")
+    return records, [mf.shard_name(split, k) for k in range(num_shards)]
 
+
+def _write_manifests(index: SourceIndex, opts: BuildOptions, train: TrainClasses | None, records: dict[str, dict],
+                     names: list[str], bad: list) -> tuple[dict, list[str]]:
+    """The split's class table, summary and shard list (each written atomically, the shard list last:
+    it is what makes the split readable); returns the summary and the listed shards."""
+    out, split = opts.out, opts.split
     counts = np.zeros(len(index.classes), dtype=np.int64)
     for name in names:
         for label, c in records[name]["labels"].items():
@@ -266,14 +297,4 @@ def build(index_source: Callable[[TrainClasses | None], SourceIndex], opts: Buil
         "sha256": [records[n]["sha256"] for n in listed],
     }))
     _fsync_dir(out)
-
-    elapsed = time.time() - t0
-    written = sum(1 for r in records.values() if r["status"] == "written")
-    stats = {"elapsed_s": round(elapsed, 3), "written_shards": written, "reused_shards": len(records) - written,
-             "images_per_s": round(samples / elapsed, 1) if elapsed > 0 else None}
-    g = summary["groups"]
-    print(f"[shards] {split}: {samples:,} samples in {len(listed)} shard(s), {summary['classes']} classes "
-          f"(head/medium/tail {g['head']}/{g['medium']}/{g['tail']}, imbalance {summary['imbalance_ratio']:g}); "
-          f"{written} written, {stats['reused_shards']} reused, {len(bad)} skipped; "
-          f"{elapsed:.1f} s ({samples / max(elapsed, 1e-9):,.0f} img/s) -> {out}", flush=True)
-    return {**summary, **stats}
+    return summary, listed

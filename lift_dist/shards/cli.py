@@ -13,7 +13,7 @@ from lift_dist.shards.folder import index_image_folder
 from lift_dist.shards.inat2018 import index_inat2018
 from lift_dist.shards.listfile import index_list
 from lift_dist.shards.options import BuildOptions
-from lift_dist.shards.verify import verify
+from lift_dist.shards.verification import verify
 
 PROG = "lift-dist shards"
 

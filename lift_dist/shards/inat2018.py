@@ -199,89 +199,22 @@ def index_inat2018(root: str | os.PathLike, split: str, *, annotations: str | os
     root = Path(root).absolute()
     if not root.is_dir():
         raise DataError(f"iNaturalist root {root} does not exist")
-    if annotations is None:
-        if split not in SPLIT_FILES:
-            known = ", ".join(f"{k}: {v}" for k, v in SPLIT_FILES.items())
-            raise ConfigError(f"split '{split}' has no official annotation file ({known}); pass --annotations FILE")
-        annotations = root / SPLIT_FILES[split]
-    annotations = Path(annotations)
+    annotations = _annotation_file(root, split, annotations)
     cat_file = Path(categories) if categories is not None else root / "categories.json"
 
     c = _Compact(annotations)
     walk_arrays(annotations, {"images": c.image, "annotations": c.annotation, "categories": c.category})
-    if cat_file.is_file():
-        cats = read_categories(cat_file)
-    elif categories is not None:
-        raise DataError(f"categories file {cat_file} does not exist")
-    elif c.json_categories:
-        if level != "species":
-            raise ConfigError(f"level '{level}' needs the taxonomy in categories.json, which is not in {root} (pass --categories FILE)")
-        cats = sorted((dict(x, id=int(x["id"])) for x in c.json_categories), key=lambda x: x["id"])
-    else:
-        raise DataError(f"no categories: {cat_file} does not exist and {annotations} has no 'categories'")
-    c.json_categories = []
+    cats = _categories(c, cat_file, categories is not None, annotations, root, level)
     cat_labels, classes = label_map(cats, level, scheme)
     if train is not None:
-        check_same_classes(classes.names, train, f"{cat_file.name} at level '{level}' ({scheme} labels)")
-        for k in ("level", "label_scheme"):
-            got = {"level": level, "label_scheme": scheme}[k]
-            if train.summary.get(k) not in (None, got):
-                raise ConfigError(f"the train split in {train.directory} was built with {k} '{train.summary[k]}', not '{got}'")
-
+        _check_train_classes(classes, train, cat_file, level, scheme)
     ids, names = _np(c.ids, np.int64), c.names
     widths, heights = _np(c.widths, np.int64), _np(c.heights, np.int64)
     ann_image, ann_cat = _np(c.ann_image, np.int64), _np(c.ann_cat, np.int64)
     del c
-    n = len(ids)
-    bad: list[BadItem] = []
-    ok = np.ones(n, dtype=bool)
-
-    def image_name(i: int) -> str:
-        return f"image {int(ids[i])} ({names[i]})"
-
-    # Duplicate image ids: every copy is bad (which one an annotation means cannot be known).
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
-    dup_sorted = np.zeros(n, dtype=bool)
-    if n > 1:
-        same = sorted_ids[1:] == sorted_ids[:-1]
-        dup_sorted[1:] |= same
-        dup_sorted[:-1] |= same
-    for i in np.sort(order[dup_sorted]):
-        ok[i] = False
-        bad.append(BadItem(image_name(i), f"duplicate image id {int(ids[i])} in {annotations.name}"))
-
-    # Annotations -> image positions; unknown image ids are bad annotations.
-    pos = np.searchsorted(sorted_ids, ann_image)
-    found = pos < n
-    found[found] = sorted_ids[pos[found]] == ann_image[found]
-    for j in np.flatnonzero(~found):
-        bad.append(BadItem(f"annotations[{j}]", f"unknown image id {int(ann_image[j])} (not in 'images' of {annotations.name})"))
-    img_of_ann = np.where(found, order[np.minimum(pos, n - 1)] if n else 0, -1)
-    per_image = np.bincount(img_of_ann[found], minlength=n) if n else np.zeros(0, np.int64)
-    cat_of_image = np.full(n, -1, dtype=np.int64)
-    cat_of_image[img_of_ann[found]] = ann_cat[found]
-
-    # Category ids -> labels (category ids need not be 0..K-1).
     cat_ids = np.array([x["id"] for x in cats], dtype=np.int64)  # sorted
-    cpos = np.searchsorted(cat_ids, cat_of_image)
-    known_cat = (cpos < len(cat_ids)) & (cat_of_image >= 0)
-    known_cat[known_cat] = cat_ids[cpos[known_cat]] == cat_of_image[known_cat]
-
-    for i in range(n):
-        if not ok[i]:
-            continue
-        reason = unsafe_path_reason(names[i])
-        if reason is None:
-            if per_image[i] == 0:
-                reason = f"no annotation in {annotations.name}"
-            elif per_image[i] > 1:
-                reason = f"{int(per_image[i])} annotations (expected one label per image)"
-            elif not known_cat[i]:
-                reason = f"unknown category id {int(cat_of_image[i])} (not in {cat_file.name if cat_file.is_file() else 'categories'})"
-        if reason is not None:
-            ok[i] = False
-            bad.append(BadItem(image_name(i), reason))
+    cat_name = cat_file.name if cat_file.is_file() else "categories"
+    ok, cpos, bad = _check_images(ids, names, ann_image, ann_cat, cat_ids, annotations.name, cat_name)
 
     keep = np.flatnonzero(ok)
     cat_index = cpos[keep]
@@ -308,3 +241,91 @@ def index_inat2018(root: str | os.PathLike, split: str, *, annotations: str | os
         bad=bad,
         summary_extra={"label_scheme": scheme, "level": level},
     )
+
+
+def _annotation_file(root: Path, split: str, annotations: str | os.PathLike | None) -> Path:
+    if annotations is not None:
+        return Path(annotations)
+    if split not in SPLIT_FILES:
+        known = ", ".join(f"{k}: {v}" for k, v in SPLIT_FILES.items())
+        raise ConfigError(f"split '{split}' has no official annotation file ({known}); pass --annotations FILE")
+    return root / SPLIT_FILES[split]
+
+
+def _categories(c: _Compact, cat_file: Path, given: bool, annotations: Path, root: Path, level: str) -> list[dict]:
+    """The category records, by id: from categories.json (the taxonomy), else the annotation file's own."""
+    if cat_file.is_file():
+        cats = read_categories(cat_file)
+    elif given:
+        raise DataError(f"categories file {cat_file} does not exist")
+    elif c.json_categories:
+        if level != "species":
+            raise ConfigError(f"level '{level}' needs the taxonomy in categories.json, which is not in {root} (pass --categories FILE)")
+        cats = sorted((dict(x, id=int(x["id"])) for x in c.json_categories), key=lambda x: x["id"])
+    else:
+        raise DataError(f"no categories: {cat_file} does not exist and {annotations} has no 'categories'")
+    c.json_categories = []
+    return cats
+
+
+def _check_train_classes(classes, train: TrainClasses, cat_file: Path, level: str, scheme: str) -> None:
+    check_same_classes(classes.names, train, f"{cat_file.name} at level '{level}' ({scheme} labels)")
+    for k, got in (("level", level), ("label_scheme", scheme)):
+        if train.summary.get(k) not in (None, got):
+            raise ConfigError(f"the train split in {train.directory} was built with {k} '{train.summary[k]}', not '{got}'")
+
+
+def _check_images(ids: np.ndarray, names: list[str], ann_image: np.ndarray, ann_cat: np.ndarray, cat_ids: np.ndarray,
+                  ann_name: str, cat_name: str) -> tuple[np.ndarray, np.ndarray, list[BadItem]]:
+    """(usable images mask, each image's position in cat_ids, the bad items): duplicate ids, annotations
+    of unknown images, images with no or several annotations, unknown categories, unsafe paths."""
+    n = len(ids)
+    bad: list[BadItem] = []
+    ok = np.ones(n, dtype=bool)
+
+    def image_name(i: int) -> str:
+        return f"image {int(ids[i])} ({names[i]})"
+
+    # Duplicate image ids: every copy is bad (which one an annotation means cannot be known).
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    dup_sorted = np.zeros(n, dtype=bool)
+    if n > 1:
+        same = sorted_ids[1:] == sorted_ids[:-1]
+        dup_sorted[1:] |= same
+        dup_sorted[:-1] |= same
+    for i in np.sort(order[dup_sorted]):
+        ok[i] = False
+        bad.append(BadItem(image_name(i), f"duplicate image id {int(ids[i])} in {ann_name}"))
+
+    # Annotations -> image positions; unknown image ids are bad annotations.
+    pos = np.searchsorted(sorted_ids, ann_image)
+    found = pos < n
+    found[found] = sorted_ids[pos[found]] == ann_image[found]
+    for j in np.flatnonzero(~found):
+        bad.append(BadItem(f"annotations[{j}]", f"unknown image id {int(ann_image[j])} (not in 'images' of {ann_name})"))
+    img_of_ann = np.where(found, order[np.minimum(pos, n - 1)] if n else 0, -1)
+    per_image = np.bincount(img_of_ann[found], minlength=n) if n else np.zeros(0, np.int64)
+    cat_of_image = np.full(n, -1, dtype=np.int64)
+    cat_of_image[img_of_ann[found]] = ann_cat[found]
+
+    # Category ids -> labels (category ids need not be 0..K-1).
+    cpos = np.searchsorted(cat_ids, cat_of_image)
+    known_cat = (cpos < len(cat_ids)) & (cat_of_image >= 0)
+    known_cat[known_cat] = cat_ids[cpos[known_cat]] == cat_of_image[known_cat]
+
+    for i in range(n):
+        if not ok[i]:
+            continue
+        reason = unsafe_path_reason(names[i])
+        if reason is None:
+            if per_image[i] == 0:
+                reason = f"no annotation in {ann_name}"
+            elif per_image[i] > 1:
+                reason = f"{int(per_image[i])} annotations (expected one label per image)"
+            elif not known_cat[i]:
+                reason = f"unknown category id {int(cat_of_image[i])} (not in {cat_name})"
+        if reason is not None:
+            ok[i] = False
+            bad.append(BadItem(image_name(i), reason))
+    return ok, cpos, bad
