@@ -16,7 +16,6 @@ times faster than real photos and would flatter the figure).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from baseline import worktree  # noqa: E402  (benchmarks/, the script's own folder)
 
 from lift_dist.shards.images import encode_bytes  # noqa: E402
 from lift_dist.shards.synthetic import photo_jpegs, write_inat_annotations  # noqa: E402
@@ -140,20 +141,6 @@ def throughput(root: Path, images: int, workers: list[int], resize: int, shard_s
             row["speedup"] = row["baseline"]["seconds"] / row["now"]["seconds"]
         rows.append(row)
     return rows
-
-
-@contextlib.contextmanager
-def worktree(ref: str | None):
-    """A detached git worktree of `ref` (the baseline's code), removed afterwards."""
-    if ref is None:
-        yield None
-        return
-    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=REPO, check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
 
 
 def parse_memory(n: int, compare_json_load: bool) -> dict:

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+from baseline import worktree  # noqa: E402  (benchmarks/, the script's own folder)
 from torch.utils.data import DataLoader  # noqa: E402
 
 from lift_dist.shards import build_image_folder  # noqa: E402
@@ -161,19 +162,6 @@ def profile_stream(shards: Path, batch: int, res: int) -> str:
     out.write(f"{n} images, {1000 * total / n:.3f} ms per image under cProfile\n")
     stats.print_stats(20)
     return out.getvalue()
-
-
-@contextlib.contextmanager
-def worktree(ref: str | None):
-    if ref is None:
-        yield None
-        return
-    path = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
-    subprocess.run(["git", "worktree", "add", "--detach", str(path), ref], cwd=REPO, check=True, capture_output=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=REPO, capture_output=True)
 
 
 def main() -> None:
