@@ -30,9 +30,7 @@ from lift_dist.config import RunConfig, load_config
 from lift_dist.data.manifest import read_manifest
 from lift_dist.engine.launcher_env import slurm_master_port
 from lift_dist.engine.preflight import check_batch, check_files, check_run_dir, read_data, run_signature
-from lift_dist.engine.trainer import train
 from lift_dist.errors import SECONDARY, ConfigError, LiftError, one_line
-from lift_dist.predict import check_args
 from lift_dist.run_dir import RunDir, launch_id
 from lift_dist.train import config_from_args
 
@@ -57,6 +55,10 @@ class TrainTask:
         self.config_file = str(config_file)
 
     def __call__(self) -> dict:
+        # The trainer (DeepSpeed, open_clip) is imported by the task that trains, not by every process
+        # that submits or follows jobs (a sweep's trial actors import this module).
+        from lift_dist.engine.trainer import train  # noqa: PLC0415  (seconds of imports, needed only here)
+
         set_rank_environment()
         try:
             return train(load_config(config_file=self.config_file))
@@ -140,6 +142,8 @@ def prepare(train_argv: list[str], world: int, settings_only: bool = False) -> R
 def prepare_predict(predict_argv: list[str], settings_only: bool = False) -> argparse.Namespace:
     """Parse and check `predict` arguments before submission: a shard split, readable (unless
     `settings_only`, a dry run), with --out."""
+    from lift_dist.predict import check_args  # noqa: PLC0415  (torchvision and the model code: only for predict jobs)
+
     p, _ = cli.command_parser("predict", prog="lift-dist launch -- predict")
     args = p.parse_args(predict_argv)
     check_args(args)

@@ -1,12 +1,10 @@
 """open_clip backbone loading: activations of OpenAI weights, and bad weights files named in the error."""
 
-import subprocess
-import sys
 
 import open_clip
 import pytest
 import torch
-from support.runs import REPO, run_env
+from support.runs import run_in_process
 
 from lift_dist.config import load_config
 from lift_dist.errors import LiftError
@@ -55,9 +53,8 @@ def test_bad_weights_are_named_before_anything_starts(demo_shards, tmp_path, wei
             _truncated_checkpoint(tmp_path / "w.pt")
         else:
             (tmp_path / "w.pt").write_bytes(b"not a checkpoint")
-    p = subprocess.run([sys.executable, "-m", "lift_dist", "train", "--shards", str(demo_shards), "--model", "tiny", "--device", "cpu",
-                        "--pretrained", arg, "--out", str(tmp_path / "r")], capture_output=True, text=True,
-                       env=run_env(), cwd=REPO, timeout=120)
+    p = run_in_process("train", "--shards", str(demo_shards), "--model", "tiny", "--device", "cpu", "--pretrained", arg,
+                       "--out", str(tmp_path / "r"))
     assert p.returncode == 2 and arg in p.stderr and message in p.stderr and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "r").exists()
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import yaml
+from support.runs import run_in_process
 
 from lift_dist.config import RunConfig, config_yaml, load_config
 from lift_dist.errors import ConfigError
@@ -116,9 +117,7 @@ def test_resolved_yaml_round_trips(tmp_path):
 
 
 def test_print_config_shows_the_resolved_config():
-    from support.runs import run_cli
-
-    p = run_cli("train", "--preset", "places_lt/lift_plus", "--set", "optim.lr=0.05", "--print-config")
+    p = run_in_process("train", "--preset", "places_lt/lift_plus", "--set", "optim.lr=0.05", "--print-config")
     assert p.returncode == 0, p.stderr
     printed = yaml.safe_load(p.stdout)
     assert printed["optim"]["lr"] == 0.05 and printed["data"]["augment"] == "mda" and printed["preset"] == "places_lt/lift_plus"

@@ -4,13 +4,11 @@
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
-from support.runs import REPO, run_env
+from support.runs import run_in_process
 
 from lift_dist.config import ModelConfig
 from lift_dist.errors import DataError
@@ -67,8 +65,7 @@ def test_a_file_that_is_not_an_export_is_named(tmp_path):
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "lift_dist", *args], capture_output=True, text=True, cwd=REPO,
-                          env=run_env(), timeout=300)
+    return run_in_process(*args)  # export and single-process predict: no process group, no need of a fresh interpreter
 
 
 def predicted(p) -> dict:

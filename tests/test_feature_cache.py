@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from support.runs import REPO, TINY, latest_weights, run_env, run_torchrun
+from support.runs import REPO, TINY, latest_weights, run_env, run_in_process, run_torchrun
 
 from lift_dist.config import ModelConfig
 from lift_dist.data.manifest import read_manifest
@@ -71,7 +71,7 @@ def test_cached_training_equals_image_training(demo_shards, tmp_path, peft):
 def test_cache_refuses_augmentation_and_modules_in_the_first_block(demo_shards, tmp_path):
     base = [sys.executable, "-m", "lift_dist", "train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
             "--set", f"data.feature_cache={tmp_path / 'c'}"]
-    p = subprocess.run(base + ["--peft", "none"], capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    p = run_in_process(*base[3:], "--peft", "none")  # a config error: refused at load time
     assert p.returncode == 2 and "data.feature_cache needs data.augment=none (got 'lift')" in p.stderr
     p = subprocess.run(base + ["--peft", "adaptformer", "--set", "data.augment=none"], capture_output=True, text=True,
                        env=run_env(), timeout=300, cwd=REPO)

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from support.runs import run_cli
+from support.runs import run_in_process
 
 from lift_dist.config import load_config
 from lift_dist.data.manifest import group_of
@@ -221,7 +221,7 @@ def test_fp16_amp_setting():
 # ---- 7. the params command -----------------------------------------------------------------------
 
 def test_params_prints_every_tensor_group():
-    p = run_cli("params", "--model", "ViT-B-16", "--peft", "adaptformer", "--num-classes", "1000")
+    p = run_in_process("params", "--model", "ViT-B-16", "--peft", "adaptformer", "--num-classes", "1000")
     assert p.returncode == 0, p.stderr
     rows = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines() if line.startswith(("adaptformer.", "head."))}
     # Per block (r = 32): LN 768 + 768, down 768·32 + 32, up 32·768 + 768, scale 1; 12 blocks.

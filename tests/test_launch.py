@@ -10,7 +10,7 @@ import time
 
 import pytest
 from support.data import damaged_copy
-from support.runs import REPO, last_line, run_env
+from support.runs import REPO, last_line, run_env, run_in_process
 
 LAUNCH = [sys.executable, str(REPO / "launch" / "slurm.py")]
 TRAIN = ["--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size", "16", "--set", "model.pretrained=null",
@@ -19,6 +19,11 @@ TRAIN = ["--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size",
 
 def launch(*args, timeout=600, env=None):
     return subprocess.run([*LAUNCH, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env or run_env())
+
+
+def launch_checks(*args, env=None):
+    """launch/slurm.py run in this process, for the calls that stop before or at submission."""
+    return run_in_process("launch", *args, prog="launch/slurm.py", env=env)
 
 
 def job_id(stdout: str) -> str:
@@ -70,20 +75,20 @@ def test_four_node_job_trains_and_requeue_resumes(slurm_cluster, demo_shards, tm
 
 
 def test_errors_before_submission(slurm_cluster, demo_shards, tmp_path):
-    p = launch("--nodes", "0", "--", "--shards", "x")
+    p = launch_checks("--nodes", "0", "--", "--shards", "x")
     assert p.returncode == 2 and "--nodes must be at least 1, got 0" in p.stderr
-    p = launch("--nodes", "1", "--gpus-per-node", "2", "--", "--shards", "x")
+    p = launch_checks("--nodes", "1", "--gpus-per-node", "2", "--", "--shards", "x")
     assert p.returncode == 2 and "reports no GPUs" in p.stderr and "--tasks-per-node" in p.stderr
     # The training arguments are checked here, for the job's world size, before anything is submitted.
-    p = launch("--nodes", "2", "--tasks-per-node", "2", "--", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
+    p = launch_checks("--nodes", "2", "--tasks-per-node", "2", "--", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "r"))
     assert p.returncode == 2 and f"shard directory {tmp_path / 'none'} does not exist" in p.stderr
-    p = launch("--nodes", "4", "--tasks-per-node", "2", "--", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TRAIN)
+    p = launch_checks("--nodes", "4", "--tasks-per-node", "2", "--", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TRAIN)
     assert p.returncode == 2 and "has 6 'train' shard(s) but 8 rank(s) × 1 data worker(s) need at least 8" in p.stderr
     assert not (tmp_path / "r").exists()
     ok = ["--", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TRAIN]
-    p = launch("--nodes", "1", "--partition", "nosuchpartition", "--folder", str(tmp_path / "l" / "%j"), *ok)
+    p = launch_checks("--nodes", "1", "--partition", "nosuchpartition", "--folder", str(tmp_path / "l" / "%j"), *ok)
     assert p.returncode == 2 and "Slurm rejected the job" in p.stderr and "invalid partition specified: nosuchpartition" in p.stderr
-    p = launch("--nodes", "1", "--account", "nosuchaccount", "--folder", str(tmp_path / "l" / "%j"), *ok)
+    p = launch_checks("--nodes", "1", "--account", "nosuchaccount", "--folder", str(tmp_path / "l" / "%j"), *ok)
     assert p.returncode == 2 and "Slurm rejected the job" in p.stderr and "Invalid account" in p.stderr
 
 
@@ -106,7 +111,7 @@ def test_no_sbatch_suggests_local(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     os.symlink(sys.executable, bin_dir / "python3")
-    p = launch("--nodes", "2", "--", "--shards", "x", env=run_env() | {"PATH": str(bin_dir)})
+    p = launch_checks("--nodes", "2", "--", "--shards", "x", env=run_env() | {"PATH": str(bin_dir)})
     assert p.returncode == 2 and "no `sbatch` on PATH" in p.stderr and "--local" in p.stderr
 
 
@@ -114,7 +119,7 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
     bin_dir = tmp_path / "bin"  # a PATH with python and nothing of Slurm (no srun, sbatch, sinfo)
     bin_dir.mkdir()
     os.symlink(sys.executable, bin_dir / "python3")
-    p = launch("--nodes", "4", "--tasks-per-node", "2", "--partition", "debug", "--time", "30", "--dry-run",
+    p = launch_checks("--nodes", "4", "--tasks-per-node", "2", "--partition", "debug", "--time", "30", "--dry-run",
                "--folder", str(tmp_path / "l" / "%j"), "--", "--preset", "places_lt", "--shards", "/data/s", "--out", "/runs/r",
                env=run_env(PATH=str(bin_dir)))
     assert p.returncode == 0, p.stderr
@@ -124,7 +129,7 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
     assert "/runs/r/launch.yaml (resume: latest; run directory /runs/r)" in p.stdout
     assert not (tmp_path / "l").exists()  # nothing submitted, nothing written
     # The settings are checked all the same.
-    p = launch("--dry-run", "--", "--preset", "places_lt", "--shards", "/data/s", "--set", "optim.loss=lsa",
+    p = launch_checks("--dry-run", "--", "--preset", "places_lt", "--shards", "/data/s", "--set", "optim.loss=lsa",
                env=run_env(PATH=str(bin_dir)))
     assert p.returncode == 2 and "optim.loss='lsa' is not valid" in p.stderr and "Traceback" not in p.stderr
 
@@ -134,12 +139,13 @@ def test_launched_prediction_is_checked_before_submission(tmp_path):
     bin_dir.mkdir()
     os.symlink(sys.executable, bin_dir / "python3")
     env = run_env(PATH=str(bin_dir))
-    p = launch("--nodes", "2", "--dry-run", "--", "predict", "--run", "/runs/r", "--shards", "/data/s", "--out", "/p.parquet", env=env)
+    p = launch_checks("--nodes", "2", "--dry-run", "--", "predict", "--run", "/runs/r", "--shards", "/data/s", "--out", "/p.parquet",
+                      env=env)
     assert p.returncode == 0 and "#SBATCH --nodes=2" in p.stdout
     assert "# lift-dist predict --run /runs/r --shards /data/s --out /p.parquet" in p.stdout
-    p = launch("--dry-run", "--", "predict", "--run", "/runs/r", "photo.jpg", env=env)
+    p = launch_checks("--dry-run", "--", "predict", "--run", "/runs/r", "photo.jpg", env=env)
     assert p.returncode == 2 and "a launched predict job predicts a shard split: give --shards DIR" in p.stderr
-    p = launch("--local", "--", "predict", "--run", "/runs/r", "--shards", str(tmp_path / "none"), "--out", "p.parquet", env=env)
+    p = launch_checks("--local", "--", "predict", "--run", "/runs/r", "--shards", str(tmp_path / "none"), "--out", "p.parquet", env=env)
     assert p.returncode == 2 and str(tmp_path / "none") in p.stderr and "Traceback" not in p.stderr
     assert not (tmp_path / "p.parquet").exists()
 

@@ -10,14 +10,14 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from support.runs import REPO, run_env, run_torchrun
+from support.runs import REPO, run_env, run_in_process, run_torchrun
 
 pytestmark = pytest.mark.slow  # every test here reads a trained run (real training processes)
 
 
 def predict(*args):
-    return subprocess.run([sys.executable, "-m", "lift_dist", "predict", *args], capture_output=True, text=True,
-                          cwd=REPO, env=run_env(), timeout=300)
+    """Single-process prediction in this process (torchrun and launch below run it as processes)."""
+    return run_in_process("predict", *args)
 
 
 def test_predict_images_csv_and_json(trained_run, demo_shards):

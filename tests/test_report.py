@@ -22,12 +22,11 @@ TRAIN = ("--epochs", "2", "--model", "tiny", "--device", "cpu", "--workers", "1"
 
 
 @pytest.fixture(scope="module")
-def two_runs(demo_shards, tmp_path_factory):
-    root = tmp_path_factory.mktemp("report_runs")
-    af, none = root / "adaptformer", root / "linear"
-    run_torchrun(1, "--shards", str(demo_shards), "--out", str(af), *TRAIN)
+def two_runs(trained_run, demo_shards, tmp_path_factory):
+    """The session's AdaptFormer run (2 ranks; the report only reads it) and a head-only run beside it."""
+    none = tmp_path_factory.mktemp("report_runs") / "linear"
     run_torchrun(1, "--shards", str(demo_shards), "--out", str(none), *TRAIN, "--set", "model.peft=[none]")
-    return af, none
+    return trained_run, none
 
 
 @pytest.fixture(scope="module")

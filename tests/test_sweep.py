@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from support.runs import REPO, run_env
+from support.runs import REPO, run_env, run_in_process
 
 from lift_dist.config import load_config
 from lift_dist.errors import ConfigError
@@ -34,10 +34,10 @@ def test_local_asha_sweep_over_alpha_r_sigma(demo_shards, tmp_path):
     out = tmp_path / "sweep"
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"lr": {"choice": [0.02, 0.05]}}))  # restrict lr; α, r, σ, module from the default space
-    sweep("--shards", str(demo_shards), "--out", str(out), "--space", str(space), "--num-samples", "6", "--ray-cpus", "2",
+    sweep("--shards", str(demo_shards), "--out", str(out), "--space", str(space), "--num-samples", "4", "--ray-cpus", "2",
           "--max-concurrent", "1", "--val-per-class", "2", "--scheduler", "asha", "--seed", "1", *TINY, "--set", "optim.epochs=3")
     table = pq.read_table(out / "results.parquet").to_pydict()
-    assert len(table["trial_id"]) == 6
+    assert len(table["trial_id"]) == 4
     for col in ("module", "alpha", "r", "scale", "lr", "mean_class", "tail", "status", "run_dir"):
         assert col in table
     assert set(table["lr"]) <= {0.02, 0.05}
@@ -74,7 +74,7 @@ def _training_span(run: Path) -> tuple[float, float]:
 @pytest.mark.slow
 def test_killed_driver_resumes_and_finishes_every_trial(demo_shards, tmp_path):
     out = tmp_path / "sweep"
-    args = ["--shards", str(demo_shards), "--out", str(out), "--num-samples", "4", "--ray-cpus", "2", "--max-concurrent", "1",
+    args = ["--shards", str(demo_shards), "--out", str(out), "--num-samples", "3", "--ray-cpus", "2", "--max-concurrent", "1",
             "--val-per-class", "2", "--scheduler", "fifo", *TINY, "--set", "optim.epochs=2"]
     proc = subprocess.Popen([*SWEEP, *args], cwd=REPO, env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -82,10 +82,10 @@ def test_killed_driver_resumes_and_finishes_every_trial(demo_shards, tmp_path):
     finished = []
     while time.time() < deadline:
         finished = list((out / "runs").glob("*/metrics.json")) if (out / "runs").is_dir() else []
-        if len(finished) >= 2:
+        if finished:
             break
         time.sleep(0.5)
-    assert len(finished) >= 2
+    assert finished
     stamps = {p: p.stat().st_mtime for p in finished}
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -93,7 +93,7 @@ def test_killed_driver_resumes_and_finishes_every_trial(demo_shards, tmp_path):
     assert not (out / "results.parquet").exists()
     sweep(*args, "--resume")
     table = pq.read_table(out / "results.parquet").to_pydict()
-    assert len(table["trial_id"]) == 4 and set(table["status"]) == {"completed"}
+    assert len(table["trial_id"]) == 3 and set(table["status"]) == {"completed"}
     for p, t in stamps.items():  # trials finished before the kill were not run again
         assert p.stat().st_mtime == t
 
@@ -142,20 +142,17 @@ def test_the_space_comes_from_the_module_registry():
 def test_an_invalid_space_fails_before_any_trial(demo_shards, tmp_path):
     f = tmp_path / "space.yaml"
     f.write_text(yaml.safe_dump({"sigma": {"uniform": [1, 2]}}))
-    p = sweep("--shards", str(demo_shards), "--out", str(tmp_path / "s"), "--space", str(f), *TINY, check=False)
+    p = run_in_process("sweep", "--shards", str(demo_shards), "--out", str(tmp_path / "s"), "--space", str(f), *TINY,
+                       prog="tune/sweep.py")
     assert p.returncode == 2 and "unknown search dimension 'sigma'" in p.stderr, p.stderr[-2000:]
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.slow
 def test_missing_shards_and_slurm_without_sbatch(tmp_path):
-    p = sweep("--shards", str(tmp_path / "none"), "--out", str(tmp_path / "s"), *TINY, check=False)
+    p = run_in_process("sweep", "--shards", str(tmp_path / "none"), "--out", str(tmp_path / "s"), *TINY, prog="tune/sweep.py")
     assert p.returncode == 2 and f"shard directory {tmp_path / 'none'} does not exist" in p.stderr
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    os.symlink(sys.executable, bin_dir / "python3")
-    p = subprocess.run([*SWEEP, "--shards", str(tmp_path), "--out", str(tmp_path / "s"), "--backend", "slurm"],
-                       capture_output=True, text=True, cwd=REPO, env=run_env() | {"PATH": str(bin_dir)}, timeout=120)
+    p = run_in_process("sweep", "--shards", str(tmp_path), "--out", str(tmp_path / "s"), "--backend", "slurm", prog="tune/sweep.py",
+                       env=run_env() | {"PATH": str(tmp_path / "no-slurm-here")})
     assert p.returncode == 2 and "--backend slurm needs `sbatch` on PATH" in p.stderr
 
 

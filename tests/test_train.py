@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from support.runs import REPO, TINY, latest_checkpoint, latest_weights, run_cli, run_env, run_torchrun, torchrun_cmd
+from support.runs import REPO, TINY, latest_checkpoint, latest_weights, run_env, run_in_process, run_torchrun, torchrun_cmd
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lift_dist.config import ModelConfig, load_config
@@ -244,13 +244,13 @@ def test_no_deepspeed_op_is_built_on_cpu_even_with_a_stale_lock(demo_shards, tmp
 
 
 def test_config_and_data_errors_are_clear(demo_shards, tmp_path):
-    p = run_cli("train", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY)
+    p = run_in_process("train", "--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and f"shard directory {tmp_path / 'nope'} does not exist" in p.stderr and "Traceback" not in p.stderr
     (tmp_path / "empty").mkdir()
-    p = run_cli("train", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *TINY)
+    p = run_in_process("train", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and "holds no shard manifests at all" in p.stderr
     # Global batch not divisible by world × micro-batch.
-    p = run_cli("train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY, "--batch-size", "10",
+    p = run_in_process("train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY, "--batch-size", "10",
                 "--set", "optim.micro_batch_size=4")
     assert p.returncode == 2 and "optim.batch_size=10 is not divisible by world size 1 × micro-batch 4" in p.stderr
     assert not (tmp_path / "r").exists()
@@ -261,12 +261,12 @@ def test_manifest_shard_mismatch_is_named(demo_shards, tmp_path):
     shutil.copytree(demo_shards, bad)
     victim = sorted(bad.glob("train-*.tar"))[0]
     victim.unlink()
-    p = run_cli("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
+    p = run_in_process("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and "shard(s) that do not exist" in p.stderr and victim.name in p.stderr
     # A shard replaced after the build (other size than listed) stops the run at start-up, named.
     shutil.copy(demo_shards / victim.name, victim)
     victim.write_bytes(victim.read_bytes()[:-10240])  # truncated: the tar's end blocks are gone
-    p = run_cli("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
+    p = run_in_process("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
     assert p.returncode == 2 and f"shard {victim} is" in p.stderr and "bytes but its manifest says" in p.stderr, p.stderr
 
 

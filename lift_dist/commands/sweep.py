@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-RUN = "lift_dist.sweep:run"
+RUN = "lift_dist.sweep.driver:run"
 DESCRIPTION = """Ray Tune sweep over module, r / alpha, sigma and learning rate; trials local or as Slurm jobs.
 The objective is measured on a split held out from the training shards; the best trial is then evaluated
 on the test split.

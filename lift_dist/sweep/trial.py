@@ -169,6 +169,13 @@ class LiftTrial(tune.Trainable):
                 raise RuntimeError(self.backend.failure() or "training ended without metrics")
             time.sleep(0.5)
 
+    def reset_config(self, new_config: dict) -> bool:
+        """Ray hands this actor the next trial (TuneConfig.reuse_actors): the previous trial's training is
+        stopped (ASHA may have ended it early) and the new one starts, without a new actor's imports."""
+        self.backend.stop()
+        self.setup(new_config)
+        return True
+
     def save_checkpoint(self, checkpoint_dir: str):
         Path(checkpoint_dir, "trial.json").write_text(json.dumps({"run_dir": str(self.run.path), "reported": self.reported}))
         return checkpoint_dir

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import webdataset as wds
 
 from lift_dist.data.manifest import read_manifest
-from support.runs import REPO, SHARED_DATA
+from support.runs import SHARED_DATA, run_in_process
 
 CATEGORIES = SHARED_DATA / "inat2018" / "categories.json"
 PLACES = SHARED_DATA / "places_lt"
@@ -28,6 +27,6 @@ def read_split(out: Path, split: str) -> list[dict]:
     return samples
 
 
-def run_cli(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    """`python shards/build.py ...`, the documented entry point."""
-    return subprocess.run([sys.executable, "shards/build.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python shards/build.py ...` run in this process (test_shards_resume runs the script itself)."""
+    return run_in_process("shards", *args, prog="shards/build.py")
