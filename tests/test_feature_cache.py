@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from support.runs import REPO, TINY, latest_weights, run_env, run_in_process, run_torchrun
+from support.runs import REPO, TINY, latest_weights, run_env, run_in_process, run_side_by_side, run_torchrun
 
 from lift_dist.config import ModelConfig
 from lift_dist.data.manifest import read_manifest
@@ -30,11 +30,14 @@ def test_frozen_prefix_and_split_forward(peft, layers, expected):
             torch.testing.assert_close(model(state, cached_from=c), model(x), atol=1e-5, rtol=1e-5)
 
 
+def train_cmd(shards, out, *extra) -> list[str]:
+    return [sys.executable, "-m", "lift_dist", "train", "--shards", str(shards), "--out", str(out), "--epochs", "2",
+            "--batch-size", "256", *TINY, "--set", "data.augment=none", "--set", "data.tte=false",
+            "--set", "model.head_init=random", "--set", "optim.lr=0.5", *extra]
+
+
 def train(shards, out, *extra):
-    cmd = [sys.executable, "-m", "lift_dist", "train", "--shards", str(shards), "--out", str(out), "--epochs", "2",
-           "--batch-size", "256", *TINY, "--set", "data.augment=none", "--set", "data.tte=false",
-           "--set", "model.head_init=random", "--set", "optim.lr=0.5", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
+    p = subprocess.run(train_cmd(shards, out, *extra), capture_output=True, text=True, env=run_env(), timeout=300, cwd=REPO)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     return p.stdout, json.loads((out / "metrics.json").read_text())
 
@@ -45,12 +48,13 @@ def test_cached_training_equals_image_training(demo_shards, tmp_path, peft):
     """With one step per epoch (batch = the whole training set) sample order cannot matter, so the run
     from cached features must train the same weights as the run from images."""
     module = ["--peft", peft] + (["--set", "model.layers=last:1"] if peft == "partial" else [])
-    log, plain = train(demo_shards, tmp_path / "plain", *module)
-    # A batch above the training set is allowed (full-batch steps), and said.
-    assert "optim.batch_size=256 is larger than the 201 samples of 'train': every epoch is a single step" in log
     cache = tmp_path / "cache"
-    log, cached = train(demo_shards, tmp_path / "cached", *module, "--set", f"data.feature_cache={cache}")
-    assert "building 6 of 6 shard(s)" in log
+    p, c = run_side_by_side(train_cmd(demo_shards, tmp_path / "plain", *module),
+                            train_cmd(demo_shards, tmp_path / "cached", *module, "--set", f"data.feature_cache={cache}"))
+    plain, cached = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("plain", "cached"))
+    # A batch above the training set is allowed (full-batch steps), and said.
+    assert "optim.batch_size=256 is larger than the 201 samples of 'train': every epoch is a single step" in p.stdout
+    assert "building 6 of 6 shard(s)" in c.stdout
     a, b = latest_weights(tmp_path / "plain"), latest_weights(tmp_path / "cached")
     assert a.keys() == b.keys()
     for k in a:

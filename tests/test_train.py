@@ -16,7 +16,17 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from support.runs import REPO, TINY, latest_checkpoint, latest_weights, run_env, run_in_process, run_torchrun, torchrun_cmd
+from support.runs import (
+    REPO,
+    TINY,
+    latest_checkpoint,
+    latest_weights,
+    run_env,
+    run_in_process,
+    run_side_by_side,
+    run_torchrun,
+    torchrun_cmd,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lift_dist.config import ModelConfig, load_config
@@ -116,8 +126,8 @@ def test_two_ranks_match_one_rank_with_double_batch(tmp_path):
               "--set", "data.augment=none", "--set", "data.tte=false", "--set", "optim.lr=0.5",
               "--set", "data.shuffle_buffer=1", "--batch-size", str(2 * b)]
     run_torchrun(2, *common, "--out", str(tmp_path / "two"), "--set", f"optim.micro_batch_size={b}")
-    run_torchrun(1, *common, "--out", str(tmp_path / "one"), "--set", f"optim.micro_batch_size={2 * b}")
-    run_torchrun(1, *common, "--out", str(tmp_path / "acc"), "--set", f"optim.micro_batch_size={b}")
+    run_side_by_side(torchrun_cmd(1, *common, "--out", str(tmp_path / "one"), "--set", f"optim.micro_batch_size={2 * b}"),
+                     torchrun_cmd(1, *common, "--out", str(tmp_path / "acc"), "--set", f"optim.micro_batch_size={b}"))
     w2, w1, wa = (latest_weights(tmp_path / n) for n in ("two", "one", "acc"))
     assert set(w1) == set(w2) == set(wa)
     for k in w1:

@@ -85,6 +85,21 @@ def run_torchrun(nproc: int, *args: str, timeout: int = 300, check: bool = True,
     return proc
 
 
+def run_side_by_side(*commands: list[str], timeout: int = 300) -> list[subprocess.CompletedProcess]:
+    """Independent single-process commands at once: each spends most of its time importing on one core
+    (OMP_NUM_THREADS=1), so two of them take about the time of one on a 2-core machine."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(), cwd=REPO)
+             for c in commands]
+    done = []
+    for c, proc in zip(commands, procs):
+        out, err = proc.communicate(timeout=timeout)
+        done.append(subprocess.CompletedProcess(c, proc.returncode, out, err))
+    for p in done:
+        if p.returncode != 0:
+            raise AssertionError(f"{p.args[3:5]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+    return done
+
+
 def latest_checkpoint(run: Path) -> Path:
     return run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
 
