@@ -59,13 +59,13 @@ class LocalBackend:
 
     def start(self, config_file: Path) -> None:
         self.run.create()
-        log = open(self.run.file("train.log"), "a")
         env = dict(os.environ, OMP_NUM_THREADS=str(self.cpus))
         # A local trial is one process of its own, even when the driver runs inside a Slurm job.
         for k in [k for k in env if k.startswith("SLURM_") or k in LAUNCH_ENV]:
             env.pop(k)
-        self.proc = subprocess.Popen([sys.executable, "-m", "lift_dist", "train", "--config", str(config_file)],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+        with open(self.run.file("train.log"), "a") as log:  # the child keeps its own descriptor; a reused actor none
+            self.proc = subprocess.Popen([sys.executable, "-m", "lift_dist", "train", "--config", str(config_file)],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
 from lift_dist.cli import main
@@ -53,20 +54,22 @@ def run_cli(*args: str, timeout: int = 300, env: dict | None = None) -> subproce
 def run_in_process(*args: str, prog: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """`lift-dist ARGS` inside this test process, for commands that stop before any process group or training:
     the same `main` and error wrapper as a subprocess, without the ~6 s of interpreter and torch start-up per call.
-    `env` replaces the environment for the call (PATH without Slurm, say); it is restored afterwards."""
-    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
-    if env is not None:
-        os.environ.clear()
-        os.environ.update(env)
+    The call sees what a subprocess of `run_cli` would: `env` (default `run_env()`: no launcher variables) and
+    one torch thread; the test's environment and thread count are restored afterwards."""
+    out, err, saved, threads = io.StringIO(), io.StringIO(), dict(os.environ), torch.get_num_threads()
+    os.environ.clear()
+    os.environ.update(run_env() if env is None else env)
+    torch.set_num_threads(1)  # OMP_NUM_THREADS=1 of run_env: the same arithmetic as the subprocesses it is compared with
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main(list(args), prog=prog)
-            except SystemExit as e:  # argparse's usage errors
-                code = e.code if isinstance(e.code, int) else 1
+            except SystemExit as e:  # argparse's usage errors (and --help)
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        torch.set_num_threads(threads)
     return subprocess.CompletedProcess(["lift-dist", *args], code, out.getvalue(), err.getvalue())
 
 
@@ -87,16 +90,24 @@ def run_torchrun(nproc: int, *args: str, timeout: int = 300, check: bool = True,
 
 def run_side_by_side(*commands: list[str], timeout: int = 300) -> list[subprocess.CompletedProcess]:
     """Independent single-process commands at once: each spends most of its time importing on one core
-    (OMP_NUM_THREADS=1), so two of them take about the time of one on a 2-core machine."""
+    (OMP_NUM_THREADS=1), so two of them take about the time of one on a 2-core machine. Any left running
+    when the test fails (or times out) are killed."""
+    deadline = time.monotonic() + timeout
     procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env(), cwd=REPO)
              for c in commands]
-    done = []
-    for c, proc in zip(commands, procs):
-        out, err = proc.communicate(timeout=timeout)
-        done.append(subprocess.CompletedProcess(c, proc.returncode, out, err))
+    try:
+        done = []
+        for c, proc in zip(commands, procs):
+            out, err = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            done.append(subprocess.CompletedProcess(c, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     for p in done:
         if p.returncode != 0:
-            raise AssertionError(f"{p.args[3:5]} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
+            raise AssertionError(f"{' '.join(p.args[-8:])} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-5000:]}")
     return done
 
 
