@@ -172,3 +172,13 @@ def test_sweep_plot_copes_with_dimensions_no_trial_used(tmp_path):
     rows[0]["r"] = 0  # no log axis for a non-positive value either
     plot_results(rows, space, "accuracy", tmp_path / "plot2.png")
     assert (tmp_path / "plot2.png").stat().st_size > 0
+
+
+def test_a_trial_actor_imports_neither_the_trainer_nor_the_driver():
+    """Every Ray trial actor imports lift_dist.sweep.trial: it must not pull in DeepSpeed, open_clip or the
+    driver's shard builder (seconds of start-up per actor)."""
+    probe = "import sys, lift_dist.sweep.trial; print(sorted(m for m in ('deepspeed', 'open_clip', 'lift_dist.sweep.driver', " \
+            "'lift_dist.shards.builder') if m in sys.modules))"
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, env=run_env(), timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
