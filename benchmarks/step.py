@@ -4,7 +4,9 @@ lift-dist: the PeftViT path (explicit block maths, fused SDPA, frozen weights wi
 so autograd computes no weight gradient for them). Plain loop: open_clip's own forward
 (nn.MultiheadAttention), AdaptFormer attached with hooks, LoRA as a parametrization of the
 attention's in-projection weight, every tensor requiring grad (full
-autograd), the optimizer over the same trainable tensors. Same batch, same precision.
+autograd), torch's default SGD over the same trainable tensors (ours: the trainer's optimizer).
+Same batch, same precision; the three timings (our step, our forward, the plain step) run round
+after round, and ratios are medians of each round's own.
 Prints images/s, the time split (forward / backward / optimizer) and, on GPU, model FLOP
 utilisation from 2x the forward FLOPs (frozen weights need no weight gradients).
 
@@ -24,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from lift_dist.config import ModelConfig
+from lift_dist.config import ModelConfig, OptimConfig
 from lift_dist.engine.flops import forward_flops_per_image, utilisation
+from lift_dist.engine.optimizer import build_optimizer
 from lift_dist.model.lift_model import build_model
 
 
@@ -70,15 +73,17 @@ def plain_model(name: str, peft: str, num_classes: int, device):
     return forward, trainable, modules
 
 
-def run(forward, params, x, y, steps, warmup, precision, device):
-    """Per-step times; the median step is reported (robust to other load on the machine)."""
-    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    times = []
-    for i in range(warmup + steps):
+def autocast(precision, device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def step_timer(forward, opt, x, y, precision, device):
+    """One training step per call: (forward, backward, optimizer) seconds."""
+
+    def step():
         sync(device)
         t0 = time.perf_counter()
-        with ctx:
+        with autocast(precision, device):
             loss = F.cross_entropy(forward(x).float(), y)
         sync(device)
         t1 = time.perf_counter()
@@ -88,32 +93,39 @@ def run(forward, params, x, y, steps, warmup, precision, device):
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
-        t3 = time.perf_counter()
-        if i >= warmup:
-            times.append((t1 - t0, t2 - t1, t3 - t2))
+        return t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    return step
+
+
+def forward_timer(forward, x, precision, device):
+    """The same forward without autograd, seconds per call (the floor's unit: a frozen-backbone step
+    needs about this again for the input gradients, nothing for frozen weight gradients)."""
+
+    def run_forward():
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast(precision, device):
+            forward(x)
+        sync(device)
+        return time.perf_counter() - t0
+
+    return run_forward
+
+
+def summary(times, n):
+    """The median step (robust to other load on the machine), per image, and its split."""
     f, b, o = sorted(times, key=sum)[len(times) // 2]
     total = f + b + o
-    n = x.shape[0]
     return {"images_per_s": n / total, "ms_per_image": 1000 * total / n,
             "forward_share": f / total, "backward_share": b / total, "optimizer_share": o / total}
 
 
-def forward_only(forward, x, steps, warmup, precision, device) -> float:
-    """ms per image of the same forward without autograd, median of `steps` (the floor's unit: a
-    frozen-backbone step needs about this again for the input gradients, nothing for frozen weight
-    gradients)."""
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    times = []
-    with torch.no_grad():
-        for i in range(warmup + steps):
-            sync(device)
-            t0 = time.perf_counter()
-            with ctx:
-                forward(x)
-            sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times) / x.shape[0]
+def interleaved(timers, steps, warmup):
+    """Every timer once per round, round after round, so that a slow spell of a shared machine
+    falls on all of them alike; the first `warmup` rounds are dropped."""
+    rounds = [[t() for t in timers] for _ in range(warmup + steps)]
+    return rounds[warmup:]
 
 
 def measure(name, peft, batch, steps, warmup, device, precision, num_classes, compile_model, channels_last, frozen_bf16=False):
@@ -133,14 +145,19 @@ def measure(name, peft, batch, steps, warmup, device, precision, num_classes, co
     y = torch.randint(0, num_classes, (batch,), device=device)
     ours_fwd = torch.compile(model) if compile_model else model
     params = [p for _, p in model.trainable_named_parameters()]
-    ours = run(ours_fwd, params, x, y, steps, warmup, precision, device)
-    ours["forward_ms_per_image"] = forward_only(ours_fwd, x, steps, warmup, precision, device)
     pf, pparams, _ = plain_model(name, peft, num_classes, device)
-    plain = run(pf, pparams, x, y, steps, warmup, precision, device)
+    sgd = OptimConfig(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=0.0)
+    ours_opt = build_optimizer(sgd, params)  # the trainer's own (multi-tensor kernels)
+    plain_opt = torch.optim.SGD(pparams, lr=sgd.lr, momentum=sgd.momentum)  # torch's default
+    rounds = interleaved([step_timer(ours_fwd, ours_opt, x, y, precision, device), forward_timer(ours_fwd, x, precision, device),
+                          step_timer(pf, plain_opt, x, y, precision, device)], steps, warmup)
+    ours, plain = summary([r[0] for r in rounds], batch), summary([r[2] for r in rounds], batch)
+    ours["forward_ms_per_image"] = 1000 * statistics.median(r[1] for r in rounds) / batch
+    # Ratios are medians of each round's own ratio: the three timings of a round ran back to back.
     row = {"model": name, "peft": peft, "batch": batch, "precision": precision, "device": str(device),
            "compile": compile_model, "ours": ours, "plain": plain,
-           "time_ratio": ours["ms_per_image"] / plain["ms_per_image"],
-           "step_over_forward": ours["ms_per_image"] / ours["forward_ms_per_image"]}
+           "time_ratio": statistics.median(sum(r[0]) / sum(r[2]) for r in rounds),
+           "step_over_forward": statistics.median(sum(r[0]) / r[1] for r in rounds)}
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
     row["forward_gflops_per_image"] = forward_flops_per_image(model, res, device, bf16=frozen_bf16) / 1e9
     row |= {"gpu": gpu} | utilisation(ours["images_per_s"], row["forward_gflops_per_image"] * 1e9, gpu)
@@ -152,7 +169,7 @@ def main():
     p.add_argument("--models", default="tiny,ViT-B-16")
     p.add_argument("--pefts", default="adaptformer,full,none")
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--steps", type=int, default=9)
+    p.add_argument("--steps", type=int, default=9, help="timed rounds (one step of each, one forward)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")

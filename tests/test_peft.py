@@ -9,7 +9,7 @@ from lift_dist.config import ModelConfig
 from lift_dist.errors import ConfigError
 from lift_dist.model.backbone import load_clip
 from lift_dist.model.lift_model import build_model
-from lift_dist.model.vit import PeftViT
+from lift_dist.model.vit import PeftViT, quick_gelu
 from lift_dist.peft import REGISTRY, apply_peft, make_configs
 from lift_dist.peft.base import default_bottleneck, select_layers
 from lift_dist.peft.sparse import default_alpha
@@ -48,6 +48,21 @@ def test_encoder_matches_open_clip_forward(tiny_clip):
         out = enc(x)
     assert out.shape == (3, v.ln_post.weight.numel())
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_quick_gelu_gives_open_clips_values_and_gradients(tiny_clip):
+    """OpenAI CLIP's activation with its one-kernel backward (silu'(1.702x)): the forward is open_clip's
+    own expression, bit for bit; the gradient is autograd's of it up to rounding, and exact in float64."""
+    enc, _ = make_encoder(tiny_clip, ["none"])
+    act = tiny_clip.visual.transformer.resblocks[0].mlp.gelu
+    assert type(act).__name__ == "QuickGELU" and all(b.quick_gelu for b in enc.blocks)
+    x = (torch.randn(4, 17, 512, generator=torch.Generator().manual_seed(0)) * 4).requires_grad_()
+    ours, ref = quick_gelu(x), act(x)
+    assert torch.equal(ours, ref)
+    g = torch.randn_like(ours)
+    (got,), (want,) = torch.autograd.grad(ours, x, g), torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(quick_gelu, (torch.randn(3, 5, dtype=torch.float64, requires_grad=True),))
 
 
 @pytest.mark.parametrize("names", [["adaptformer"], ["adapter"], ["lora"], ["adaptformer", "adapter", "lora"]])

@@ -1,10 +1,9 @@
-"""Building what the trainer runs: seeds, the model on its device, the optimizer and the DeepSpeed engine,
-and the learning-rate schedule."""
+"""Building what the trainer runs: seeds, the model on its device and the DeepSpeed engine around the
+optimizer (lift_dist/engine/optimizer.py)."""
 
 from __future__ import annotations
 
 import gc
-import math
 import os
 import random
 
@@ -12,10 +11,10 @@ import deepspeed
 import numpy as np
 import torch
 
-from lift_dist.config import OptimConfig, RunConfig
+from lift_dist.config import RunConfig
 from lift_dist.engine.distributed import DistInfo
 from lift_dist.engine.head_setup import init_head
-from lift_dist.errors import ConfigError
+from lift_dist.engine.optimizer import build_optimizer
 from lift_dist.model.lift_model import build_model
 
 
@@ -40,26 +39,6 @@ def build_model_on(cfg: RunConfig, plan, info: DistInfo):
         # AdaptFormer bf16: 2,613 -> 4,009 img/s (benchmarks/step.py --compile).
         model.encoder.compile()
     return model, resolution
-
-
-def lr_factor(o: OptimConfig, epoch: int, global_step: int, total_steps: int) -> float:
-    if o.warmup_steps and global_step < o.warmup_steps:
-        return (global_step + 1) / o.warmup_steps
-    if o.schedule == "cosine_epoch":  # constant within an epoch, as in LIFT
-        return 0.5 * (1 + math.cos(math.pi * epoch / o.epochs))
-    if o.schedule == "cosine_step":
-        t = (global_step - o.warmup_steps) / max(1, total_steps - o.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-    return 1.0
-
-
-def build_optimizer(o: OptimConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    if not params:
-        raise ConfigError("nothing to train: the chosen modules and head have no trainable tensors")
-    # Weight decay on every trainable tensor, as in LIFT (no exclusion list).
-    if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
 def deepspeed_config(cfg: RunConfig, micro: int, accum: int, world: int, precision: str = "fp32") -> dict:

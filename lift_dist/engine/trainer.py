@@ -26,10 +26,11 @@ from lift_dist.data.manifest import group_of
 from lift_dist.engine.checkpoint import Checkpointer
 from lift_dist.engine.collectives import all_reduce_sum_
 from lift_dist.engine.distributed import DistInfo, setup
-from lift_dist.engine.engine_setup import build_engine, build_model_on, grad_scaler, lr_factor, seed_everything
+from lift_dist.engine.engine_setup import build_engine, build_model_on, grad_scaler, seed_everything
 from lift_dist.engine.evaluate import evaluate
 from lift_dist.engine.feature_cache import FeatureCache
 from lift_dist.engine.logger import MetricsLogger
+from lift_dist.engine.optimizer import lr_factor
 from lift_dist.engine.preflight import Plan, preflight
 from lift_dist.engine.step import PhaseTimer, StepGuard
 from lift_dist.engine.train_data import Batch, TrainData

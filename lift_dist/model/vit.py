@@ -25,6 +25,7 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
 
 from lift_dist.errors import ConfigError
 
@@ -42,6 +43,29 @@ SITES = (
     "adaptformer",
 )
 LINEARS = ("attn_in", "attn_out", "mlp_in", "mlp_out")
+
+
+class _QuickGELU(torch.autograd.Function):
+    """open_clip's QuickGELU, x·σ(1.702x) (OpenAI CLIP's activation), with a one-kernel backward.
+
+    The forward is open_clip's own expression, so values are unchanged. Autograd would differentiate
+    it in five passes over the (B, N, 4D) hidden tensor; but d/dx x·σ(1.702x) = silu'(1.702x), so
+    `silu_backward` does it in one, and only 1.702x is kept for it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        z = 1.702 * x
+        ctx.save_for_backward(z)
+        return x * torch.sigmoid(z)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (z,) = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad, z)
+
+
+def quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return _QuickGELU.apply(x) if torch.is_grad_enabled() and x.requires_grad else x * torch.sigmoid(1.702 * x)
 
 
 class PeftBlock(nn.Module):
@@ -64,6 +88,7 @@ class PeftBlock(nn.Module):
         self.index = index
         self.block = block
         self.num_heads = attn.num_heads
+        self.quick_gelu = isinstance(block.mlp.gelu, QuickGELU)  # then computed by quick_gelu (same values, faster backward)
         self.sites = nn.ModuleDict()
         self.weights = nn.ModuleDict()  # LINEARS name -> module whose forward(w, b) returns (w, b)
 
@@ -101,6 +126,19 @@ class PeftBlock(nn.Module):
         m = self.sites[name] if name in self.sites else None
         return x if m is None else m(x)
 
+    def _attention_inputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as (B, heads, N, head_dim). q, k and v stay views of the one in-projection output
+        unless SSF needs them side by side: a cat would copy the (B, N, 3D) tensor forward and back."""
+        s = self.sites
+        q, k, v = self._linear("attn_in", h).chunk(3, dim=-1)
+        if "lora_q" in s:
+            q = q + s["lora_q"](h)
+        if "lora_v" in s:
+            v = v + s["lora_v"](h)
+        if "ssf_attn_in" in s:
+            q, k, v = s["ssf_attn_in"](torch.cat([q, k, v], dim=-1)).chunk(3, dim=-1)
+        return tuple(t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+
     def forward(self, x: torch.Tensor, seq_len: int, cls_only: bool = False) -> torch.Tensor:  # x: (B, N, D)
         """`cls_only` (the last block, whose CLS token alone is read): every token's keys and values,
         but only the CLS query, output projection and MLP -- in the forward pass, and in the backward
@@ -109,26 +147,16 @@ class PeftBlock(nn.Module):
         if "prompt" in s:
             x = s["prompt"](x, seq_len)
         h = self._site("ssf_ln1", blk.ln_1(x))
-        qkv = self._linear("attn_in", h)
-        if "lora_q" in s or "lora_v" in s:
-            q, k, v = qkv.chunk(3, dim=-1)
-            if "lora_q" in s:
-                q = q + s["lora_q"](h)
-            if "lora_v" in s:
-                v = v + s["lora_v"](h)
-            qkv = torch.cat([q, k, v], dim=-1)
-        qkv = self._site("ssf_attn_in", qkv)
-        bsz, n, three_d = qkv.shape
-        d = three_d // 3
-        q, k, v = qkv.view(bsz, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self._attention_inputs(h)
         if cls_only:
             q, x = q[:, :, :1], x[:, :1]
         o = F.scaled_dot_product_attention(q, k, v)  # fused kernel; default scale 1/sqrt(head_dim)
-        o = o.transpose(1, 2).reshape(bsz, q.shape[2], d)
+        o = o.transpose(1, 2).flatten(2)
         o = self._site("ssf_attn_out", self._linear("attn_out", o))
         x = x + blk.ls_1(o)
         h = self._site("ssf_ln2", blk.ln_2(x))
-        u = blk.mlp.gelu(self._site("ssf_mlp_in", self._linear("mlp_in", h)))
+        u = self._site("ssf_mlp_in", self._linear("mlp_in", h))
+        u = quick_gelu(u) if self.quick_gelu else blk.mlp.gelu(u)
         f = self._site("ssf_mlp_out", self._linear("mlp_out", u))
         if "adapter" in s:
             f = f + s["adapter"](f)

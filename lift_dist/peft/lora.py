@@ -33,7 +33,9 @@ class LowRankDelta(nn.Module):
         self.scaling = 1.0 / r
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return (h @ self.lora_A @ self.lora_B) * self.scaling
+        # LIFT scales h A B; scaling the rank-r h A instead is the same product (exactly so for the
+        # default power-of-two r) without a pass over the (B, N, D) output, forward and backward.
+        return ((h @ self.lora_A) * self.scaling) @ self.lora_B
 
 
 class Lora(PeftMethod):
