@@ -12,6 +12,10 @@ utilisation from 2x the forward FLOPs (frozen weights need no weight gradients).
 
     python benchmarks/step.py --models tiny,ViT-B-16 --pefts adaptformer,full,none --batch 32
     python benchmarks/step.py --device cuda --models ViT-B-16 --batch 256 --precision bf16 --json
+    python benchmarks/step.py --models ViT-B-16-quickgelu --pefts adaptformer --batch 8 --baseline 45c9413
+
+With --baseline REF each model and module is measured by fresh processes of REF's code and of this
+checkout's, one after the other, --repeat times; medians of each side and their ratio are printed.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +36,11 @@ from torch.nn.utils import parametrize
 
 from lift_dist.config import ModelConfig, OptimConfig
 from lift_dist.engine.flops import forward_flops_per_image, utilisation
-from lift_dist.engine.optimizer import build_optimizer
+
+try:
+    from lift_dist.engine.optimizer import build_optimizer
+except ImportError:  # a --baseline checkout from before the optimizer had its own module
+    from lift_dist.engine.engine_setup import build_optimizer
 from lift_dist.model.lift_model import build_model
 
 
@@ -164,6 +176,49 @@ def measure(name, peft, batch, steps, warmup, device, precision, num_classes, co
     return row
 
 
+def side_by_side(a, argv: list[str]) -> list[dict]:
+    """This script's measurement in fresh processes, REF's lift_dist against this checkout's, taking
+    turns so that a slow spell of the machine falls on both."""
+    from baseline import REPO, worktree  # noqa: PLC0415  (benchmarks/, the script's own folder; only with --baseline)
+
+    def one(code: Path, model: str, peft: str) -> dict:
+        env = dict(os.environ, PYTHONPATH=str(code))
+        cmd = [sys.executable, __file__, *argv, "--models", model, "--pefts", peft, "--json"]
+        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
+        return json.loads(out[out.index("[\n"):])[0]
+
+    def med(runs: list[dict], key) -> float:
+        return statistics.median(key(r) for r in runs)
+
+    rows = []
+    with worktree(a.baseline) as base:
+        for model in a.models.split(","):
+            for peft in a.pefts.split(","):
+                runs = {"baseline": [], "now": []}
+                for _ in range(a.repeat):
+                    runs["baseline"].append(one(base, model, peft))
+                    runs["now"].append(one(REPO, model, peft))
+                side = {k: {"ms_per_image": med(v, lambda r: r["ours"]["ms_per_image"]),
+                            "step_over_forward": med(v, lambda r: r["step_over_forward"]),
+                            "over_plain": med(v, lambda r: r["time_ratio"])} for k, v in runs.items()}
+                rows.append({"model": model, "peft": peft, "batch": a.batch, "ref": a.baseline, **side,
+                             "now_over_baseline_time": side["now"]["ms_per_image"] / side["baseline"]["ms_per_image"]})
+    return rows
+
+
+def without(argv: list[str], *options: str) -> list[str]:
+    """argv without the given options and their values (given as `--opt value`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny,ViT-B-16")
@@ -178,7 +233,20 @@ def main():
     p.add_argument("--frozen-bf16", action="store_true", help="store frozen weights in bf16 (ours only)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--baseline", metavar="REF", help="also measure the lift-dist of this git commit, in turns")
+    p.add_argument("--repeat", type=int, default=2, help="with --baseline: processes per side and model")
     a = p.parse_args()
+    if a.baseline:
+        rows = side_by_side(a, without(sys.argv[1:], "--baseline", "--repeat", "--models", "--pefts"))
+        if a.json:
+            print(json.dumps(rows, indent=2))
+            return
+        print(f"our step, {a.baseline} vs now, batch {a.batch}, medians of {a.repeat} processes each")
+        for r in rows:
+            b, n = r["baseline"], r["now"]
+            print(f"{r['model']:<20} {r['peft']:<12} ms/img {b['ms_per_image']:8.1f} -> {n['ms_per_image']:8.1f} "
+                  f"({r['now_over_baseline_time']:.2f}x time)  step/forward {b['step_over_forward']:.2f} -> {n['step_over_forward']:.2f}")
+        return
     device = torch.device(a.device)
     rows = [measure(m, pe, a.batch, a.steps, a.warmup, device, a.precision, a.num_classes, a.compile, a.channels_last, a.frozen_bf16)
             for m in a.models.split(",") for pe in a.pefts.split(",")]
