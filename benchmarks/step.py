@@ -27,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +40,10 @@ from lift_dist.engine.flops import forward_flops_per_image, utilisation
 
 try:
     from lift_dist.engine.optimizer import build_optimizer
-except ImportError:  # a --baseline checkout from before the optimizer had its own module
-    from lift_dist.engine.engine_setup import build_optimizer
+except ImportError:  # a --baseline checkout from before the optimizer had its own module (no DeepSpeed import for it)
+
+    def build_optimizer(o, params):  # what that trainer built: torch's default SGD
+        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 from lift_dist.model.lift_model import build_model
 
 
@@ -176,28 +179,36 @@ def measure(name, peft, batch, steps, warmup, device, precision, num_classes, co
     return row
 
 
-def side_by_side(a, argv: list[str]) -> list[dict]:
+def side_by_side(a) -> list[dict]:
     """This script's measurement in fresh processes, REF's lift_dist against this checkout's, taking
     turns so that a slow spell of the machine falls on both."""
     from baseline import REPO, worktree  # noqa: PLC0415  (benchmarks/, the script's own folder; only with --baseline)
 
-    def one(code: Path, model: str, peft: str) -> dict:
-        env = dict(os.environ, PYTHONPATH=str(code))
-        cmd = [sys.executable, __file__, *argv, "--models", model, "--pefts", peft, "--json"]
-        out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-        return json.loads(out[out.index("[\n"):])[0]
+    # The child's arguments from the parsed values (never --baseline: a child measures, once).
+    argv = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--device", a.device,
+            "--precision", a.precision, "--num-classes", str(a.num_classes)]
+    argv += [flag for flag, on in (("--compile", a.compile), ("--channels-last", a.channels_last),
+                                   ("--frozen-bf16", a.frozen_bf16)) if on]
+
+    def one(code: Path, model: str, peft: str, out: Path) -> dict:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])))
+        cmd = [sys.executable, __file__, *argv, "--models", model, "--pefts", peft, "--json-out", str(out)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(f"{' '.join(cmd)} (PYTHONPATH={code}) failed:\n{done.stderr[-4000:]}")
+        return json.loads(out.read_text())[0]
 
     def med(runs: list[dict], key) -> float:
         return statistics.median(key(r) for r in runs)
 
     rows = []
-    with worktree(a.baseline) as base:
+    with worktree(a.baseline) as base, tempfile.TemporaryDirectory() as tmp:
         for model in a.models.split(","):
             for peft in a.pefts.split(","):
                 runs = {"baseline": [], "now": []}
                 for _ in range(a.repeat):
-                    runs["baseline"].append(one(base, model, peft))
-                    runs["now"].append(one(REPO, model, peft))
+                    runs["baseline"].append(one(base, model, peft, Path(tmp, "row.json")))
+                    runs["now"].append(one(REPO, model, peft, Path(tmp, "row.json")))
                 side = {k: {"ms_per_image": med(v, lambda r: r["ours"]["ms_per_image"]),
                             "step_over_forward": med(v, lambda r: r["step_over_forward"]),
                             "over_plain": med(v, lambda r: r["time_ratio"])} for k, v in runs.items()}
@@ -206,21 +217,8 @@ def side_by_side(a, argv: list[str]) -> list[dict]:
     return rows
 
 
-def without(argv: list[str], *options: str) -> list[str]:
-    """argv without the given options and their values (given as `--opt value`)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in options:
-            skip = True
-        else:
-            out.append(arg)
-    return out
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--models", default="tiny,ViT-B-16")
     p.add_argument("--pefts", default="adaptformer,full,none")
     p.add_argument("--batch", type=int, default=16)
@@ -235,9 +233,10 @@ def main():
     p.add_argument("--json", action="store_true")
     p.add_argument("--baseline", metavar="REF", help="also measure the lift-dist of this git commit, in turns")
     p.add_argument("--repeat", type=int, default=2, help="with --baseline: processes per side and model")
+    p.add_argument("--json-out", type=Path, help="write the JSON rows to this file")
     a = p.parse_args()
     if a.baseline:
-        rows = side_by_side(a, without(sys.argv[1:], "--baseline", "--repeat", "--models", "--pefts"))
+        rows = side_by_side(a)
         if a.json:
             print(json.dumps(rows, indent=2))
             return
@@ -250,6 +249,8 @@ def main():
     device = torch.device(a.device)
     rows = [measure(m, pe, a.batch, a.steps, a.warmup, device, a.precision, a.num_classes, a.compile, a.channels_last, a.frozen_bf16)
             for m in a.models.split(",") for pe in a.pefts.split(",")]
+    if a.json_out:
+        a.json_out.write_text(json.dumps(rows, indent=2))
     if a.json:
         print(json.dumps(rows, indent=2))
         return

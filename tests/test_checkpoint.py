@@ -16,9 +16,11 @@ import torch
 import torch.distributed as dist
 from support.runs import free_port
 
-from lift_dist.config import load_config
+from lift_dist.config import OptimConfig, load_config
 from lift_dist.engine import checkpoint
 from lift_dist.engine.checkpoint import Checkpointer
+from lift_dist.engine.optimizer import build_optimizer
+from lift_dist.engine.statefile import load_state, save_state
 from lift_dist.errors import DataError
 from lift_dist.model.lift_model import build_model
 from lift_dist.run_dir import RunDir
@@ -154,3 +156,18 @@ def test_pruning_never_touches_another_run_or_latest(tmp_path, process_group):
     assert left == sorted([mine[-1].name] + [p.name for p in foreign])
     assert (run.checkpoints / "latest").read_text().strip() == mine[-1].name
     assert (mine[-1] / "trainable.safetensors").is_file()
+
+
+def test_a_resumed_optimizer_keeps_the_kernels_it_was_built_with(tmp_path):
+    """torch's load_state_dict takes the saved groups' settings; a checkpoint from before the optimizer
+    ran foreach kernels (foreach None) must not switch a resumed run back to the per-tensor loop."""
+    params = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    old = torch.optim.SGD(params, lr=0.1, momentum=0.9)  # what 45c9413's trainer built and saved
+    for p in params:
+        p.grad = torch.ones_like(p)
+    old.step()
+    save_state(old.state_dict(), tmp_path / "optimizer-rank0")
+    resumed = build_optimizer(OptimConfig(lr=0.1, momentum=0.9), params)
+    checkpoint.load_optimizer_state(resumed, load_state(tmp_path / "optimizer-rank0", like=resumed.state_dict()))
+    assert resumed.param_groups[0]["foreach"] is True
+    assert torch.equal(resumed.state[params[0]]["momentum_buffer"], old.state[params[0]]["momentum_buffer"])

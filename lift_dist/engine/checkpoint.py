@@ -269,16 +269,23 @@ class Checkpointer:
             raise DataError(f"{stem}.json is missing: the checkpoint was written with another world size or ZeRO stage")
         else:
             sd = load_state(stem, like=optimizer.state_dict())
-        if self.zero_stage > 0:
-            optimizer.load_state_dict([sd if r == self.rank else None for r in range(self.world)])
-        else:
-            optimizer.load_state_dict(sd)
+        load_optimizer_state(optimizer, [sd if r == self.rank else None for r in range(self.world)] if self.zero_stage > 0 else sd)
         rank_file = path / f"rank-{self.rank}"
         if ckpt.legacy or not rank_file.with_name(rank_file.name + ".json").is_file():
             return {}  # a checkpoint of a run with fewer ranks: this rank starts its RNG afresh
         saved = load_state(rank_file)
         set_rng_state(saved.pop("rng"))
         return saved
+
+
+def load_optimizer_state(optimizer, state) -> None:
+    """Restore an optimizer's state but keep the kernels it was built with: torch's load_state_dict also
+    takes the saved groups' `foreach` / `fused`, so a checkpoint written before build_optimizer chose
+    foreach would switch a resumed run back to the per-tensor loop (same values, slower)."""
+    kernels = [{k: g[k] for k in ("foreach", "fused") if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, chosen in zip(optimizer.param_groups, kernels):
+        group.update(chosen)
 
 
 def check_resumable(ckpt: Checkpoint, signature: dict) -> None:

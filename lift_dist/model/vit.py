@@ -59,6 +59,7 @@ class _QuickGELU(torch.autograd.Function):
         return x * torch.sigmoid(z)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # z is saved without its graph: no second derivative
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (z,) = ctx.saved_tensors
         return torch.ops.aten.silu_backward(grad, z)
@@ -127,17 +128,24 @@ class PeftBlock(nn.Module):
         return x if m is None else m(x)
 
     def _attention_inputs(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v as (B, heads, N, head_dim). q, k and v stay views of the one in-projection output
-        unless SSF needs them side by side: a cat would copy the (B, N, 3D) tensor forward and back."""
+        """q, k, v as (B, heads, N, head_dim): views of the one in-projection output where possible.
+        LoRA adds to q and v apart; they are joined again only when SSF needs the three side by side
+        (a cat copies the (B, N, 3D) tensor forward and back)."""
         s = self.sites
-        q, k, v = self._linear("attn_in", h).chunk(3, dim=-1)
-        if "lora_q" in s:
-            q = q + s["lora_q"](h)
-        if "lora_v" in s:
-            v = v + s["lora_v"](h)
-        if "ssf_attn_in" in s:
-            q, k, v = s["ssf_attn_in"](torch.cat([q, k, v], dim=-1)).chunk(3, dim=-1)
-        return tuple(t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in (q, k, v))
+        qkv = self._linear("attn_in", h)
+        if "lora_q" in s or "lora_v" in s:
+            q, k, v = qkv.chunk(3, dim=-1)
+            if "lora_q" in s:
+                q = q + s["lora_q"](h)
+            if "lora_v" in s:
+                v = v + s["lora_v"](h)
+            if "ssf_attn_in" not in s:
+                return self._heads(q, k, v)
+            qkv = torch.cat([q, k, v], dim=-1)
+        return self._heads(*self._site("ssf_attn_in", qkv).chunk(3, dim=-1))
+
+    def _heads(self, *ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t.unflatten(-1, (self.num_heads, -1)).transpose(1, 2) for t in ts)
 
     def forward(self, x: torch.Tensor, seq_len: int, cls_only: bool = False) -> torch.Tensor:  # x: (B, N, D)
         """`cls_only` (the last block, whose CLS token alone is read): every token's keys and values,
