@@ -24,7 +24,7 @@ from lift_dist.losses import LOSSES
 from lift_dist.model import registry as model_registry
 from lift_dist.peft import ALIASES as PEFT_ALIASES
 from lift_dist.peft import REGISTRY as PEFT_REGISTRY
-from lift_dist.peft import check_configs, make_configs
+from lift_dist.peft import check_configs, first_touched_block, make_configs
 from lift_dist.peft.base import BottleneckR, LayerSpec
 from lift_dist.presets import RECIPES, available_presets, preset_layers
 from lift_dist.transform_names import AUGMENTATIONS, INTERPOLATION_NAMES, MDA_SCHEDULES, TTE_MODES
@@ -217,6 +217,12 @@ class MetricsConfig(Strict):
         return absolute_path(v)
 
 
+def no_frozen_part(peft: list[str]) -> str:
+    return (f"data.feature_cache: the modules {list(peft)} change block 0 or the embedding, so no frozen part is left "
+            "to cache; use it with head-only (none), or with modules restricted to later blocks (e.g. partial or "
+            "adaptformer with model.layers=last:k)")
+
+
 class RunConfig(Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -250,6 +256,13 @@ class RunConfig(Strict):
         if self.precision == "fp16" and self.optim.zero_stage != 0:
             raise ConfigError("precision=fp16 scales the loss with DeepSpeed's gradient scaler, which runs with "
                               "optim.zero_stage=0 only; use precision=bf16 with ZeRO 1")
+        return self
+
+    @model_validator(mode="after")
+    def _feature_cache_has_a_frozen_part(self):
+        m = self.model
+        if self.data.feature_cache and first_touched_block(m.peft_configs(), model_registry.vision_geometry(m.name).layers) == 0:
+            raise ConfigError(no_frozen_part(m.peft))
         return self
 
     @model_validator(mode="after")

@@ -8,8 +8,9 @@ import pytest
 import torch
 from support.runs import REPO, TINY, latest_weights, run_env, run_in_process, run_side_by_side, run_torchrun
 
-from lift_dist.config import ModelConfig
+from lift_dist.config import ModelConfig, load_config
 from lift_dist.data.manifest import read_manifest
+from lift_dist.errors import ConfigError
 from lift_dist.model.lift_model import build_model
 
 
@@ -77,9 +78,18 @@ def test_cache_refuses_augmentation_and_modules_in_the_first_block(demo_shards, 
             "--set", f"data.feature_cache={tmp_path / 'c'}"]
     p = run_in_process(*base[3:], "--peft", "none")  # a config error: refused at load time
     assert p.returncode == 2 and "data.feature_cache needs data.augment=none (got 'lift')" in p.stderr
-    p = subprocess.run(base + ["--peft", "adaptformer", "--set", "data.augment=none"], capture_output=True, text=True,
-                       env=run_env(), timeout=300, cwd=REPO)
-    assert p.returncode == 2 and "no frozen part is left to cache" in p.stderr and "Traceback" not in p.stderr
+    # Modules in block 0 leave nothing frozen to cache: refused by config validation, before the run
+    # directory, the cache directory, a process group or a model exist.
+    for peft in ("adaptformer", "vpt-shallow"):
+        p = subprocess.run(base + ["--peft", peft, "--set", "data.augment=none"], capture_output=True, text=True,
+                           env=run_env(), timeout=300, cwd=REPO)
+        assert p.returncode == 2 and "no frozen part is left to cache" in p.stderr and "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+    cache = [f"data.feature_cache={tmp_path / 'c'}", "data.augment=none", "model.peft=[lora]"]
+    with pytest.raises(ConfigError, match="no frozen part is left to cache"):
+        load_config(overrides=cache)
+    assert load_config(overrides=[*cache, "model.layers=last:2"]).data.feature_cache  # blocks 2, 3 only: 0 and 1 cached
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from lift_dist.errors import ConfigError
 from lift_dist.model.backbone import load_clip
 from lift_dist.model.lift_model import build_model
 from lift_dist.model.vit import PeftViT, quick_gelu
-from lift_dist.peft import REGISTRY, apply_peft, make_configs
+from lift_dist.peft import REGISTRY, apply_peft, first_touched_block, make_configs
 from lift_dist.peft.base import default_bottleneck, select_layers
 from lift_dist.peft.sparse import default_alpha
 
@@ -102,6 +102,17 @@ def test_last_block_on_the_cls_token_alone_changes_nothing(tiny_clip, name):
     torch.testing.assert_close(feats[0], feats[1], atol=1e-5, rtol=1e-5)
     for n in grads[0] if grads else ():
         torch.testing.assert_close(grads[0][n], grads[1][n], atol=1e-6, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize(("names", "layers"), [
+    ([n], layers) for n in sorted(REGISTRY) for layers in (None, "last:1", "2,3", "none") if n != "vpt-shallow" or layers is None
+] + [(["vpt-shallow", "partial"], "last:2"), (["lora", "bitfit"], None)])
+def test_the_first_block_a_config_touches_is_the_built_models_frozen_prefix(tiny_clip, names, layers):
+    """What config validation predicts (a feature cache needs a frozen part before block k) is what
+    the built encoder says from its trainable tensors and attached modules."""
+    kw = {"layers": layers} if layers is not None else {}
+    enc, _ = make_encoder(tiny_clip, names, **kw)
+    assert first_touched_block(make_configs(names, **kw), enc.num_layers) == min(enc.frozen_prefix(), enc.num_layers)
 
 
 @pytest.mark.parametrize("names", [["vpt-shallow"], ["vpt-deep"], ["ssf"]])

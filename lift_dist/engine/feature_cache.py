@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from lift_dist.config import no_frozen_part
 from lift_dist.data.manifest import Manifest
 from lift_dist.data.pipeline import ShardPlan, _stable_seed, decode_sample, shard_cache, shard_samples
 from lift_dist.errors import ConfigError, DataError
@@ -81,11 +82,8 @@ class FeatureCache:
         """Find or build this run's cache (every rank builds its share of missing shards), then barrier."""
         d = cfg.data  # augment=none, exact epochs and the dtype are checked by config.validate
         cut = model.encoder.frozen_prefix()
-        if cut == 0:
-            raise ConfigError(
-                f"data.feature_cache: the modules {list(cfg.model.peft)} change the first block or the embedding, "
-                "so no frozen part is left to cache; use it with head-only (none) or partial/full with layers last:k"
-            )
+        if cut == 0:  # config validation refuses this first (RunConfig); the built model has the last word
+            raise ConfigError(no_frozen_part(cfg.model.peft))
         blk = model.encoder.blocks[0].block
         parts = {
             "format": FORMAT_VERSION, "model": cfg.model.name, "weights": weights_identity(cfg.model.pretrained),

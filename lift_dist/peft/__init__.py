@@ -94,6 +94,12 @@ def check_configs(configs: list[tuple[str, PeftConfig]], num_layers: int) -> Non
         method_class(name).check(cfg, num_layers)
 
 
+def first_touched_block(configs: list[tuple[str, PeftConfig]], num_layers: int) -> int:
+    """The first block any chosen method changes or trains (num_layers if none does): the encoder up to
+    it is a fixed function of the image. `PeftViT.frozen_prefix` says the same of a built model."""
+    return min((b for name, cfg in configs for b in method_class(name).touched_blocks(cfg, num_layers)), default=num_layers)
+
+
 def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> dict[str, dict]:
     """Attach every method to the (already frozen) encoder; return per-method facts."""
     info = {name: method_class(name)(cfg).apply(vit, num_classes) for name, cfg in configs}
@@ -109,5 +115,5 @@ def apply_peft(vit, configs: list[tuple[str, PeftConfig]], num_classes: int) -> 
     return info
 
 
-__all__ = ["ALIASES", "REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "check_configs", "apply_peft", "method_class",
-           "select_layers"]
+__all__ = ["ALIASES", "REGISTRY", "DEFAULT", "PeftConfig", "PeftMethod", "make_configs", "check_configs", "first_touched_block",
+           "apply_peft", "method_class", "select_layers"]

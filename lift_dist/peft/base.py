@@ -109,6 +109,11 @@ class PeftMethod:
         """Attach the method to `vit`; return facts for the parameter report (e.g. {'r': 32})."""
         raise NotImplementedError
 
+    @classmethod
+    def touched_blocks(cls, config: PeftConfig, num_layers: int) -> list[int]:
+        """The blocks `apply` changes or trains, from the config alone (what a feature cache may skip)."""
+        return select_layers(config.layers, num_layers, cls.name) if "layers" in type(config).model_fields else []
+
     def layers(self, vit) -> list[int]:
         return select_layers(self.config.layers, vit.num_layers, self.name)
 

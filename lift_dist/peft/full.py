@@ -31,5 +31,9 @@ class HeadOnly(PeftMethod):
 
     name = "none"
 
+    @classmethod
+    def touched_blocks(cls, config, num_layers: int) -> list[int]:
+        return []
+
     def apply(self, vit, num_classes: int) -> dict:
         return {}

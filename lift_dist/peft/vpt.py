@@ -68,6 +68,10 @@ class VptShallow(_Vpt):
     name = "vpt-shallow"
     config_class = VptShallowConfig
 
+    @classmethod
+    def touched_blocks(cls, config, num_layers: int) -> list[int]:
+        return [0]
+
     def apply(self, vit, num_classes: int) -> dict:
         return self._add(vit, [0], num_classes)
 
