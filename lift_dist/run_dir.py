@@ -19,6 +19,7 @@ file is data (YAML, JSON, Parquet, safetensors), never a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -283,7 +284,9 @@ class RunLock:
 
     def check(self) -> None:
         """Refuse when another launch holds a live lock (every rank calls this before anything starts)."""
-        h = self.holder()
+        self._refuse_live(self.holder())
+
+    def _refuse_live(self, h: dict | None) -> None:
         if h is None or h.get("launch") == self.launch or self.stale_reason(h):
             return
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("time", 0)))
@@ -291,18 +294,56 @@ class RunLock:
             f"run directory {self.path.parent} is in use by another training (pid {h.get('pid')} on {h.get('host')}, "
             f"since {since}); wait for it to end, or use another --out. If no training runs there, delete {self.path}")
 
-    def acquire(self) -> str | None:
-        """Take the lock (rank 0); returns a note when a stale lock was taken over."""
-        self.check()
-        note = None
-        h = self.holder()
-        if h is not None and h.get("launch") != self.launch:
-            note = f"took over the stale lock of {self.path.parent} ({self.stale_reason(h)})"
+    def acquire(self, attempts: int = 5) -> str | None:
+        """Take the lock (rank 0); returns a note when a stale lock was taken over.
+
+        The lock file is created exclusively (a hard link of a finished private file, atomic on local
+        and NFS file systems), so of two launches that start at once exactly one gets it and the other
+        is refused by `check` on its next attempt, instead of both writing the lock and training."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, {"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
-                               "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()})
-        self.held = True
-        return note
+        note = None
+        for _ in range(attempts):
+            h = self.holder()
+            self._refuse_live(h)  # a live lock of another launch: refused here
+            if self.path.exists() and not self._move_aside(h):
+                continue  # someone else changed the lock meanwhile: look again
+            if h is not None and h.get("launch") != self.launch:
+                note = f"took over the stale lock of {self.path.parent} ({self.stale_reason(h)})"
+            if self._create():
+                self.held = True
+                return note
+        raise RunDirError(f"could not take the lock {self.path}: other launches keep changing it; start one training "
+                          "per run directory")
+
+    def _move_aside(self, seen: dict | None) -> bool:
+        """Remove the stale (or our own launch's) lock that `check` judged, and nothing newer: the file
+        is renamed to a private name first (one taker wins) and put back if it is not what was judged."""
+        aside = self.path.with_name(f".{self.path.name}.stale.{socket.gethostname()}.{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return False
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = None
+        if moved != seen:  # another launch's fresh lock: restore it (unless a third has taken the place)
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, self.path)
+        aside.unlink(missing_ok=True)
+        return moved == seen
+
+    def _create(self) -> bool:
+        tmp = self.path.with_name(f".{self.path.name}.new.{socket.gethostname()}.{os.getpid()}")
+        write_json(tmp, {"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
+                         "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()})
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self.held and (self.holder() or {}).get("launch") == self.launch:

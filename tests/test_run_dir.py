@@ -5,6 +5,7 @@ training on the same directory is refused while the first runs, and SIGTERM chec
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -16,6 +17,8 @@ import time
 import pytest
 from support.runs import REPO, TINY, cli_cmd, last_line, run_cli, run_env, timed_cli, tree_digest
 
+from lift_dist.errors import RunDirError
+from lift_dist.run_dir import RunLock
 from lift_dist.shards import build_image_folder
 from lift_dist.synthetic import write_image_folder
 
@@ -115,3 +118,37 @@ def test_one_training_per_run_directory_and_sigterm_checkpoints(demo_shards, tmp
     p = run_cli(*args, "--resume", "latest", "--set", f"max_steps={state['global_step'] + 1}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"took over the stale lock of {run} (pid {2**22 + 7} is gone)" in p.stdout
+
+
+def _take_lock(path, launch, barrier, results):
+    barrier.wait()
+    try:
+        RunLock(path, launch).acquire()
+        results.put((launch, "held"))
+    except RunDirError as e:
+        results.put((launch, str(e)))
+    barrier.wait()  # the winner's pid stays alive (its lock live) until every launch has tried
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["no-lock", "stale-lock"])
+def test_of_launches_starting_at_once_exactly_one_takes_the_lock(tmp_path, stale):
+    """Six launches released at the same instant, into a fresh directory or one with a dead
+    process's lock: one trains, the others are refused by name, and the lock is the winner's."""
+    ctx = multiprocessing.get_context("fork")  # nothing but the lock code runs in the children
+    for round_ in range(4):
+        path = tmp_path / f"run{round_}" / "lock"
+        if stale:
+            path.parent.mkdir()
+            path.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "launch": "pid:gone", "time": 0}))
+        barrier, results = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_take_lock, args=(path, f"pid:race:{i}", barrier, results)) for i in range(6)]
+        for p in procs:
+            p.start()
+        outcome = dict(results.get(timeout=120) for _ in procs)
+        for p in procs:
+            p.join(timeout=60)
+        held = [launch for launch, what in outcome.items() if what == "held"]
+        assert len(held) == 1, outcome
+        assert all("is in use by another training" in what for what in outcome.values() if what != "held"), outcome
+        assert json.loads(path.read_text())["launch"] == held[0]
+        assert [p.name for p in path.parent.iterdir()] == ["lock"]  # no private file left behind
