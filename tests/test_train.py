@@ -350,6 +350,15 @@ def test_class_mean_and_semantic_head_init_in_the_trainer(demo_shards):
         feats = model.features(torch.cat(xs))
     expected = class_mean_weights(feats, torch.cat(ys), m.num_classes)
     torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-5, rtol=1e-4)
+    # A cap below the head classes' counts: the first 7 images of each class in stream order (LIFT+'s
+    # 100), although one batch of 64 holds many more of the head classes.
+    cfg.model.head_init_images = 7
+    init_head(model, clip, cfg, info, m, 64)
+    y = torch.cat(ys)
+    first = torch.tensor([int((y[:i] == c).sum()) < 7 for i, c in enumerate(y.tolist())])
+    assert int(first.sum()) == int(torch.minimum(torch.bincount(y), torch.tensor(7)).sum()) < len(y)
+    expected = class_mean_weights(feats[first], y[first], m.num_classes)
+    torch.testing.assert_close(model.head.weight.detach(), expected, atol=1e-5, rtol=1e-4)
 
     cfg.model.head_init = "semantic"
     init_head(model, clip, cfg, info, m, 64)

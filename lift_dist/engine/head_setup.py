@@ -48,10 +48,13 @@ def _semantic(model, clip, mcfg, info: DistInfo, class_names: list[str]) -> None
 
 def _features(model, cfg, info: DistInfo, train: Manifest, resolution: int, on_batch) -> None:
     """Features of this rank's share of the training images (the plain transform: Resize + CenterCrop),
-    at most model.head_init_images per class over all ranks (0: all), with the modules attached or not
-    (model.head_init_features)."""
+    the first model.head_init_images per class in stream order (0: all; on several ranks each takes
+    ceil(N / world)), with the modules attached or not (model.head_init_features)."""
     C = train.num_classes
     per_class = cfg.model.head_init_images
+    # Every rank takes up to ceil(cap / world): exact on one rank (LIFT+'s first N of each class in stream
+    # order), at most world - 1 over the cap in all. Exact shares (summing to the cap) would leave a
+    # class whose images all sit on a rank with a zero share without any when cap < world.
     cap = math.ceil(per_class / info.world) if per_class else None
     counts = torch.zeros(C, dtype=torch.int64)
     plan = ShardPlan(len(train.shard_files), train.shard_samples, cfg.seed, info.world)
@@ -62,12 +65,22 @@ def _features(model, cfg, info: DistInfo, train: Manifest, resolution: int, on_b
     with torch.no_grad(), frozen:
         for x, y, _ in loader_batches(make_loader(stream, 0), 64):
             if cap is not None:
-                keep = torch.tensor([counts[int(c)] < cap for c in y])
+                keep = _within_cap(y, counts, cap)
                 x, y = x[keep], y[keep]
             if len(y):
                 on_batch(model.features(x.to(info.device)).double().cpu(), y)
-                counts += torch.bincount(y, minlength=C)
     model.train()
+
+
+def _within_cap(y: torch.Tensor, counts: torch.Tensor, cap: int | None) -> torch.Tensor:
+    """Which samples of the batch `y` to keep so that no class passes `cap` (None: all), counting
+    the batch's own samples in stream order; `counts` is updated."""
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    for i, c in enumerate(y.tolist()):
+        if cap is None or counts[c] < cap:
+            counts[c] += 1
+            keep[i] = True
+    return keep
 
 
 def _class_mean(model, cfg, info: DistInfo, train: Manifest, resolution: int) -> None:
