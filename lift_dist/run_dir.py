@@ -334,14 +334,24 @@ class RunLock:
         return moved == seen
 
     def _create(self) -> bool:
+        """Create the lock file unless it exists (then False), its content complete when it appears."""
+        data = (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
+                            "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()}, indent=2) + "\n").encode()
         tmp = self.path.with_name(f".{self.path.name}.new.{socket.gethostname()}.{os.getpid()}")
-        write_json(tmp, {"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
-                         "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()})
+        write_atomic(tmp, data)
         try:
             os.link(tmp, self.path)
             return True
         except FileExistsError:
             return False
+        except OSError:  # a file system without hard links: an exclusive create, written at once
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            return True
         finally:
             tmp.unlink(missing_ok=True)
 
