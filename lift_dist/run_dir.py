@@ -20,6 +20,7 @@ file is data (YAML, JSON, Parquet, safetensors), never a pickle.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -294,47 +295,55 @@ class RunLock:
             f"run directory {self.path.parent} is in use by another training (pid {h.get('pid')} on {h.get('host')}, "
             f"since {since}); wait for it to end, or use another --out. If no training runs there, delete {self.path}")
 
-    def acquire(self, attempts: int = 5) -> str | None:
+    def acquire(self, attempts: int = 20) -> str | None:
         """Take the lock (rank 0); returns a note when a stale lock was taken over.
 
         The lock file is created exclusively (a hard link of a finished private file, atomic on local
         and NFS file systems), so of two launches that start at once exactly one gets it and the other
-        is refused by `check` on its next attempt, instead of both writing the lock and training."""
+        is refused on its next look, instead of both writing the lock and training. A stale lock is
+        removed only under a takeover mutex and only if it is still the file that was judged stale."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         note = None
         for _ in range(attempts):
             h = self.holder()
             self._refuse_live(h)  # a live lock of another launch: refused here
-            if self.path.exists() and not self._move_aside(h):
-                continue  # someone else changed the lock meanwhile: look again
-            if h is not None and h.get("launch") != self.launch:
-                note = f"took over the stale lock of {self.path.parent} ({self.stale_reason(h)})"
+            if h is None and self.path.exists():  # being written (no hard links) or unreadable: look again
+                time.sleep(0.05)
+                continue
+            if h is not None:
+                if not self._remove_if_unchanged(h):
+                    continue
+                if h.get("launch") != self.launch:
+                    note = f"took over the stale lock of {self.path.parent} ({self.stale_reason(h)})"
             if self._create():
                 self.held = True
                 return note
-        raise RunDirError(f"could not take the lock {self.path}: other launches keep changing it; start one training "
-                          "per run directory")
+        raise RunDirError(f"could not take the lock {self.path}: it is unreadable or other launches keep changing it; "
+                          f"start one training per run directory, and if none runs there, delete {self.path}")
 
-    def _move_aside(self, seen: dict | None) -> bool:
-        """Remove the stale (or our own launch's) lock that `check` judged, and nothing newer: the file
-        is renamed to a private name first (one taker wins) and put back if it is not what was judged."""
-        aside = self.path.with_name(f".{self.path.name}.stale.{socket.gethostname()}.{os.getpid()}")
+    def _remove_if_unchanged(self, judged: dict) -> bool:
+        """Delete the lock judged stale (or our own launch's) if it is still that file. Takers hold a
+        mutex (an exclusive mkdir, broken after a minute), so no taker can remove a lock another has
+        just created: fresh locks appear only where no file is."""
+        mutex = self.path.with_name(f".{self.path.name}.takeover")
         try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
+            os.mkdir(mutex)
+        except FileExistsError:
+            with contextlib.suppress(OSError):  # left by a taker that died
+                if time.time() - mutex.stat().st_mtime > 60:
+                    os.rmdir(mutex)
+            time.sleep(0.02)
             return False
         try:
-            moved = json.loads(aside.read_text())
-        except (OSError, ValueError):
-            moved = None
-        if moved != seen:  # another launch's fresh lock: restore it (unless a third has taken the place)
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, self.path)
-        aside.unlink(missing_ok=True)
-        return moved == seen
+            if self.holder() != judged:
+                return False
+            self.path.unlink(missing_ok=True)
+            return True
+        finally:
+            os.rmdir(mutex)
 
     def _create(self) -> bool:
-        """Create the lock file unless it exists (then False), its content complete when it appears."""
+        """Create the lock file unless it exists (then False)."""
         data = (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
                             "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()}, indent=2) + "\n").encode()
         tmp = self.path.with_name(f".{self.path.name}.new.{socket.gethostname()}.{os.getpid()}")
@@ -344,8 +353,10 @@ class RunLock:
             return True
         except FileExistsError:
             return False
-        except OSError:  # a file system without hard links: an exclusive create, written at once
-            try:
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            try:  # a file system without hard links: an exclusive create, written at once (readers wait for it)
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False

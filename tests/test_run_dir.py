@@ -121,13 +121,15 @@ def test_one_training_per_run_directory_and_sigterm_checkpoints(demo_shards, tmp
 
 
 def _take_lock(path, launch, barrier, results):
-    barrier.wait()
     try:
+        barrier.wait(timeout=60)
         RunLock(path, launch).acquire()
         results.put((launch, "held"))
     except RunDirError as e:
         results.put((launch, str(e)))
-    barrier.wait()  # the winner's pid stays alive (its lock live) until every launch has tried
+    except BaseException as e:  # anything else fails the test by name instead of hanging the others
+        results.put((launch, repr(e)))
+    barrier.wait(timeout=60)  # the winner's pid stays alive (its lock live) until every launch has tried
 
 
 @pytest.mark.parametrize("stale", [False, True], ids=["no-lock", "stale-lock"])
@@ -141,12 +143,15 @@ def test_of_launches_starting_at_once_exactly_one_takes_the_lock(tmp_path, stale
             path.parent.mkdir()
             path.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 7, "launch": "pid:gone", "time": 0}))
         barrier, results = ctx.Barrier(6), ctx.Queue()
-        procs = [ctx.Process(target=_take_lock, args=(path, f"pid:race:{i}", barrier, results)) for i in range(6)]
+        procs = [ctx.Process(target=_take_lock, args=(path, f"pid:race:{i}", barrier, results), daemon=True) for i in range(6)]
         for p in procs:
             p.start()
-        outcome = dict(results.get(timeout=120) for _ in procs)
-        for p in procs:
-            p.join(timeout=60)
+        try:
+            outcome = dict(results.get(timeout=120) for _ in procs)
+        finally:
+            for p in procs:
+                p.join(timeout=60)
+                p.kill()
         held = [launch for launch, what in outcome.items() if what == "held"]
         assert len(held) == 1, outcome
         assert all("is in use by another training" in what for what in outcome.values() if what != "held"), outcome

@@ -338,8 +338,8 @@ def test_fp16_amp_trains_with_a_loss_scaler_and_resumes_exactly(demo_shards, tmp
         torch.testing.assert_close(wr[k], w16[k], atol=0, rtol=0)
     scalers = [json.loads((latest_checkpoint(tmp_path / n) / f"rank-{r}.json").read_text())["tree"]["grad_scaler"]
                for n in ("fp16", "stop") for r in (0, 1)]
-    steps = json.loads((latest_checkpoint(tmp_path / "fp16") / "state.json").read_text())["global_step"]
-    assert scalers[0]["_growth_tracker"] == steps > 5 and all(s == scalers[0] for s in scalers)
+    # The resumed run's scaler is the uninterrupted one's: its steps since the last overflow run on.
+    assert scalers[0]["_growth_tracker"] > 5 and all(s == scalers[0] for s in scalers)
 
 
 @pytest.mark.slow
