@@ -72,12 +72,12 @@ def _features(model, cfg, info: DistInfo, train: Manifest, resolution: int, on_b
     model.train()
 
 
-def _within_cap(y: torch.Tensor, counts: torch.Tensor, cap: int | None) -> torch.Tensor:
-    """Which samples of the batch `y` to keep so that no class passes `cap` (None: all), counting
-    the batch's own samples in stream order; `counts` is updated."""
+def _within_cap(y: torch.Tensor, counts: torch.Tensor, cap: int) -> torch.Tensor:
+    """Which samples of the batch `y` to keep so that no class passes `cap`, counting the batch's own
+    samples in stream order; `counts` is updated."""
     keep = torch.zeros(len(y), dtype=torch.bool)
     for i, c in enumerate(y.tolist()):
-        if cap is None or counts[c] < cap:
+        if counts[c] < cap:
             counts[c] += 1
             keep[i] = True
     return keep
