@@ -234,6 +234,9 @@ class RunConfig(Strict):
     # auto: bf16 autocast on GPU, fp32 on CPU. fp16: the official codes' AMP (fp16 autocast + a gradient
     # scaler; evaluation in fp32), for GPUs without bf16 or to match their numbers; bf16 needs no scaler.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # auto: bf16 autocast for bf16 runs, fp32 for the others (as LIFT tests). fp16: every weight and activation
+    # in fp16, as LIFT+ tests (its prec_test="fp16", model.half()); fast on GPUs, several times slower on CPUs.
+    eval_precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     compile: Literal["auto", "always", "never"] = "auto"  # auto: torch.compile the encoder on GPU
     deterministic: bool = False
     resume: str | None = None  # None | latest | path to a checkpoint directory

@@ -5,7 +5,8 @@ exported model (`--model FILE`, see lift_dist.export).
 A shard split is predicted on every rank of the launch (one process, torchrun, or Slurm through
 `lift-dist launch -- predict ...`): each rank takes its share of the shards, rank 0 gathers the rows
 and writes one Parquet file, sorted by sample key, so the rows are the same whatever the number of
-ranks. `--device cuda` runs on the GPU with bf16 autocast (as training evaluates).
+ranks. A run's model computes in the precision its evaluation used (`eval_precision`; auto: bf16
+autocast on GPU, fp32 on CPU), so its predictions are the ones its metrics counted.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image, ImageOps
 
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
-from lift_dist.engine.evaluate import autocast_context, load_run, transform_for
+from lift_dist.engine.evaluate import load_run, numerics, precisions, transform_for
 from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.export import ExportedModel
@@ -53,7 +54,7 @@ class Predictor:
     """Logits and input transforms of a trained run or of an exported model."""
 
     def __init__(self, run: str | None, model_file: str | None, checkpoint: str | None, device: torch.device):
-        self.device = device
+        self.device, self.precision = device, "fp32"
         if model_file:
             self.exported = ExportedModel(Path(model_file), device)
             meta = self.exported.meta
@@ -65,6 +66,10 @@ class Predictor:
             self.model, cfg, classes = load_for_inference(Path(run), checkpoint, device)
             self.exported, self.names, self.data = None, classes["names"], cfg.data
             self.resolution = cfg.data.resolution or self.model.encoder.image_size
+            self.precision = precisions(cfg, device)[1]
+            if self.precision == "fp16":
+                self.model.half()  # once: nothing here trains, so no fp32 copy need be kept (cf. evaluate.weights_in)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
 
     def transform(self, tte: bool):
         tf = transform_for(self.data, self.resolution, tte)
@@ -73,13 +78,13 @@ class Predictor:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.exported is not None:
             return self.exported.logits(x)
-        with autocast_context(self.device, "bf16" if self.device.type == "cuda" else "fp32"):
-            return self.model(x.to(self.device, non_blocking=True))
+        with numerics(self.model, self.device, self.precision):
+            return self.model(x.to(self.device, self.dtype, non_blocking=True)).to(self.dtype)  # as evaluate rounds them
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, tte: bool) -> torch.Tensor:
         logits = average_crop_logits(self._logits, batch) if tte else self._logits(batch)
-        return logits.float().softmax(dim=1).cpu()
+        return logits.to(self.dtype).float().softmax(dim=1).cpu()  # an fp16 crop mean rounded, as in evaluate
 
 
 def read_image(path: str, tf) -> torch.Tensor:

@@ -4,6 +4,8 @@ below is worked out by hand from the official formulas (in the comments), not ta
 from __future__ import annotations
 
 import argparse
+import copy
+import itertools
 import math
 
 import numpy as np
@@ -11,8 +13,10 @@ import pytest
 import torch
 from support.runs import run_in_process
 
-from lift_dist.config import OptimConfig, load_config
-from lift_dist.data.manifest import group_of
+from lift_dist.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config
+from lift_dist.data.manifest import group_of, read_manifest
+from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
+from lift_dist.engine.evaluate import evaluate, precisions, transform_for, weights_in
 from lift_dist.engine.optimizer import build_optimizer
 from lift_dist.engine.preflight import group_counts
 from lift_dist.head_init import linear_probe_weights
@@ -217,6 +221,73 @@ def test_fp16_amp_setting():
     with pytest.raises(ConfigError, match="precision=fp16 scales the loss with DeepSpeed's gradient scaler, which runs with "
                                           "optim.zero_stage=0 only"):
         load_config(None, None, ["precision=fp16", "optim.zero_stage=1"])
+
+
+def test_lift_plus_evaluates_in_fp16_and_lift_as_it_trained():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert load_config("places_lt/lift_plus", None, []).eval_precision == "fp16"  # LIFT+'s prec_test="fp16"
+    assert load_config("places_lt/lift", None, []).eval_precision == "auto"
+    assert precisions(RunConfig(), cpu) == ("fp32", "fp32") and precisions(RunConfig(), gpu) == ("bf16", "bf16")
+    assert precisions(RunConfig(precision="fp16"), gpu) == ("fp16", "fp32")  # LIFT's AMP runs test in fp32
+    assert precisions(RunConfig(eval_precision="fp16"), cpu) == ("fp32", "fp16")
+    with pytest.raises(Exception, match="eval_precision"):
+        load_config(None, None, ["eval_precision=fp8"])
+
+
+def _trained_tiny(peft: str, num_classes: int = 10):
+    """A tiny model whose modules and head are away from their initial values, in eval mode."""
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(name="tiny", pretrained=None, peft=[peft], head_init="random"), num_classes)
+    with torch.no_grad():
+        for _, p in model.trainable_named_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+@pytest.mark.parametrize("peft", ["adaptformer", "lora", "adapter", "vpt-deep", "ssf", "bitfit", "sparse", "full"])
+def test_fp16_evaluation_is_lift_plus_model_half_and_leaves_the_training_weights_as_they_were(peft):
+    """eval_precision=fp16 computes what LIFT+'s test computes after `model.half()`, bit for bit; afterwards
+    every parameter and buffer is the same object with the same fp32 value (not cast there and back)."""
+    model = _trained_tiny(peft)
+    x = torch.randn(3, 3, model.encoder.image_size, model.encoder.image_size)
+    tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+    before = {n: t.detach().clone() for n, t in tensors.items()}
+    assert any(not torch.equal(t, t.half().float()) for t in before.values() if t.is_floating_point())  # a round trip would show
+    with torch.no_grad():
+        reference = copy.deepcopy(model).half()(x.half())
+        with weights_in(model, torch.float16):
+            assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
+            out = model(x.half())
+    assert torch.equal(out, reference)
+    after = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
+    for n, t in tensors.items():
+        assert after[n] is t and t.dtype == before[n].dtype and torch.equal(t, before[n]), n
+
+
+def test_fp16_evaluation_over_shards_counts_the_half_models_predictions(demo_shards):
+    """evaluate(precision=fp16) with test-time ensembling: the model runs in fp16 and its per-class
+    counts and confusions are those of the half model with LIFT+'s fp16 average of the crops' logits."""
+    model = _trained_tiny("adaptformer")
+    d, res = DataConfig(tte=True, tte_expand=8, workers=0), model.encoder.image_size
+    train, test = read_manifest(demo_shards, "train"), read_manifest(demo_shards, "test")
+    seen = []
+    hook = model.encoder.register_forward_pre_hook(lambda m, a: seen.append((a[0].dtype, m.blocks[0].block.ln_1.weight.dtype)))
+    got = evaluate(model, test, train.train_counts, d, resolution=res, tte=True, workers=0, precision="fp16")
+    hook.remove()
+    assert seen and set(seen) == {(torch.float16, torch.float16)} and model.head.weight.dtype == torch.float32
+    half, correct, confusions = copy.deepcopy(model).half(), torch.zeros(10), {}
+    stream = ShardStream(test, ShardPlan(len(test.shard_files), test.shard_samples, seed=0, world=1), 0, FixedEpoch(),
+                         transform_for(d, res, tte=True), train=False, num_classes=10)
+    with torch.no_grad():
+        for crops, labels, _ in loader_batches(make_loader(stream, 0), 16):
+            logits = half(crops.flatten(0, 1).half()).half().unflatten(0, crops.shape[:2])  # LIFT+'s logits are fp16
+            preds = logits.mean(dim=1).argmax(dim=1)  # an fp16 mean, as LIFT+'s torch.stack(...).mean(0)
+            for t, p in zip(labels.tolist(), preds.tolist()):
+                correct[t] += t == p
+                if t != p:
+                    confusions[(t, p)] = confusions.get((t, p), 0) + 1
+    assert got["confusions"] == confusions and len(confusions) > 0
+    np.testing.assert_array_equal(np.asarray(got["per_class_correct"]), correct.numpy())
 
 
 # ---- 7. the params command -----------------------------------------------------------------------

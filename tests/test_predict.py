@@ -10,7 +10,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 import torch
-from support.runs import REPO, run_env, run_in_process, run_torchrun
+from support.runs import REPO, TINY, latest_weights, run_env, run_in_process, run_torchrun
 
 pytestmark = pytest.mark.slow  # every test here reads a trained run (real training processes)
 
@@ -45,6 +45,25 @@ def test_predict_shards_matches_the_runs_own_evaluation(trained_run, demo_shards
     acc = sum(a == b for a, b in zip(t["label"], t["predicted"])) / len(t["label"])
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert abs(acc - metrics["no_tte"]["overall"]) < 1e-9  # same model, same transform, same images
+
+
+def test_fp16_evaluation_mid_run_leaves_training_as_it_was_and_predict_counts_as_it_did(demo_shards, tmp_path):
+    """eval_precision=fp16 (LIFT+'s test) with an evaluation after every epoch of a 2-rank DeepSpeed run:
+    training ends bit-identical to the same run evaluated in fp32 (no weight was rounded to fp16 and
+    back), and `predict --shards` on the run, which computes in its eval precision, gives its accuracy."""
+    args = ["--shards", str(demo_shards), "--epochs", "2", *TINY, "--batch-size", "16", "--set", "optim.lr=0.05",
+            "--set", "eval_every_epochs=1", "--set", "data.tte=false"]
+    for precision in ("fp32", "fp16"):
+        run_torchrun(2, *args, "--out", str(tmp_path / precision), "--set", f"eval_precision={precision}")
+    w32, w16 = latest_weights(tmp_path / "fp32"), latest_weights(tmp_path / "fp16")
+    assert w32.keys() == w16.keys() and all(torch.equal(w16[k], w32[k]) and w16[k].dtype == torch.float32 for k in w32)
+    metrics = json.loads((tmp_path / "fp16" / "metrics.json").read_text())
+    assert metrics["eval_precision"] == "fp16" and json.loads((tmp_path / "fp32" / "metrics.json").read_text())["eval_precision"] == "fp32"
+    out = tmp_path / "preds.parquet"
+    p = predict("--run", str(tmp_path / "fp16"), "--shards", str(demo_shards), "--split", "test", "--out", str(out))
+    assert p.returncode == 0, p.stderr
+    t = pq.read_table(out).to_pydict()
+    assert sum(a == b for a, b in zip(t["label"], t["predicted"])) / len(t["label"]) == metrics["overall"]
 
 
 def test_mismatched_checkpoints_and_bad_images_are_refused(trained_run, demo_shards, tmp_path):

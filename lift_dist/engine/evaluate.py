@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import torch
 import torch.distributed as dist
@@ -18,10 +19,34 @@ from lift_dist.run_dir import RunDir
 from lift_dist.transforms import average_crop_logits, eval_transform, tte_transform
 
 
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast for bf16 runs; fp16 (AMP) runs evaluate in fp32, as LIFT does."""
+def precisions(cfg, device: torch.device) -> tuple[str, str]:
+    """A run's (training, evaluation) precision on `device`. precision=auto: bf16 autocast on GPU, fp32 on
+    CPU. eval_precision=auto: bf16 for bf16 runs, fp32 for fp32 and fp16 (AMP) runs, as LIFT tests its AMP runs."""
+    train = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    return train, cfg.eval_precision if cfg.eval_precision != "auto" else ("bf16" if train == "bf16" else "fp32")
+
+
+@contextlib.contextmanager
+def weights_in(model: torch.nn.Module, dtype: torch.dtype):
+    """Every floating-point parameter and buffer of `model` held in `dtype` for the duration, as
+    `model.half()` leaves them (LIFT+ tests so), and the training tensors put back afterwards: the same
+    Parameter objects with their own values, never cast there and back (that would round fp32 weights)."""
+    kept = [(t, t.data) for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point() and t.dtype != dtype]
+    try:
+        for t, data in kept:
+            t.data = data.to(dtype)
+        yield
+    finally:
+        for t, data in kept:
+            t.data = data
+
+
+def numerics(model: torch.nn.Module, device: torch.device, precision: str):
+    """The context evaluation runs in: bf16 autocast, the weights in fp16, or nothing (fp32)."""
     if precision == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return weights_in(model, torch.float16)
     return contextlib.nullcontext()
 
 
@@ -50,15 +75,20 @@ def evaluate(model: torch.nn.Module, manifest: Manifest, group_counts, d, *, res
     model.eval()
     acc = MetricAccumulator(num_classes)
     confusions: dict[tuple[int, int], int] = {}  # (true, predicted) -> count, mistakes only (sparse)
-    for images, labels, _ in loader_batches(loader, d.eval_batch_size):
-        images = images.to(device, non_blocking=True)
-        with autocast_context(device, precision):
-            logits = average_crop_logits(model, images) if tte else model(images)
-        preds = logits.float().argmax(dim=1).cpu()
-        acc.update(preds, labels)
-        wrong = preds != labels
-        for t, p in zip(labels[wrong].tolist(), preds[wrong].tolist()):
-            confusions[(t, p)] = confusions.get((t, p), 0) + 1
+    dtype = torch.float16 if precision == "fp16" else torch.float32
+
+    def logits_fn(x):  # fp16: rounded as LIFT+'s fp16 model gives them (our heads compute in fp32), so the same ties
+        return model(x).to(dtype)
+
+    with numerics(model, device, precision):
+        for images, labels, _ in loader_batches(loader, d.eval_batch_size):
+            x = images.to(device, dtype, non_blocking=True)
+            logits = average_crop_logits(logits_fn, x) if tte else logits_fn(x)
+            preds = logits.to(dtype).float().argmax(dim=1).cpu()  # an fp16 mean of crops rounded, as LIFT+'s
+            acc.update(preds, labels)
+            wrong = preds != labels
+            for t, p in zip(labels[wrong].tolist(), preds[wrong].tolist()):
+                confusions[(t, p)] = confusions.get((t, p), 0) + 1
     del loader
     model.train(was_training)
     for t in (acc.correct, acc.total):

@@ -27,7 +27,7 @@ from lift_dist.engine.checkpoint import Checkpointer
 from lift_dist.engine.collectives import all_reduce_sum_
 from lift_dist.engine.distributed import DistInfo, setup
 from lift_dist.engine.engine_setup import build_engine, build_model_on, grad_scaler, seed_everything
-from lift_dist.engine.evaluate import evaluate
+from lift_dist.engine.evaluate import evaluate, precisions
 from lift_dist.engine.feature_cache import FeatureCache
 from lift_dist.engine.logger import MetricsLogger
 from lift_dist.engine.optimizer import lr_factor
@@ -103,7 +103,7 @@ class Trainer:
     def build(self) -> None:
         cfg, info, plan = self.cfg, self.info, self.plan
         seed_everything(cfg.seed, cfg.deterministic)
-        self.precision = cfg.precision if cfg.precision != "auto" else ("bf16" if info.device.type == "cuda" else "fp32")
+        self.precision, self.eval_precision = precisions(cfg, info.device)
         self.groups = [group_of(int(c)) for c in plan.group_counts]
         self.model, self.resolution = build_model_on(cfg, plan, info)
         cfg.data.resolution = self.resolution  # config.yaml records the resolved resolution
@@ -301,7 +301,7 @@ class Trainer:
 
     def evaluate(self, tte: bool) -> dict:
         return evaluate(self.model, self.plan.eval, self.plan.group_counts, self.cfg.data, resolution=self.resolution, tte=tte,
-                        rank=self.info.rank, world=self.info.world, device=self.info.device, precision=self.precision)
+                        rank=self.info.rank, world=self.info.world, device=self.info.device, precision=self.eval_precision)
 
     # ---- the end -------------------------------------------------------------------------------------
     def finish(self, train_time: float) -> dict:
@@ -329,6 +329,7 @@ class Trainer:
             "epochs": cfg.optim.epochs, "steps": self.progress.global_step, "trainable_params": rep["trainable"],
             "module_params": rep["peft"], "head_params": rep["head"], "with_tte": bool(cfg.data.tte),
             "world_size": self.info.world, "device": self.info.device.type, "precision": self.precision,
+            "eval_precision": self.eval_precision,
             "global_batch": cfg.optim.batch_size, "micro_batch": self.plan.micro, "accumulation": self.plan.accum,
             "eval_split": self.plan.eval.split, "eval_samples": int(sum(final["per_class_count"])),
             "train_time_s": train_time, "model": cfg.model.name, "modules": list(cfg.model.peft),

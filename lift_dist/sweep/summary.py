@@ -15,7 +15,7 @@ from matplotlib.ticker import LogFormatterSciNotation, LogLocator, NullFormatter
 
 from lift_dist.config import config_yaml
 from lift_dist.data.manifest import read_manifest
-from lift_dist.engine.evaluate import evaluate, load_run
+from lift_dist.engine.evaluate import evaluate, load_run, precisions
 from lift_dist.errors import DataError
 from lift_dist.predict import pick_device
 from lift_dist.run_dir import RunDir, summary_metrics
@@ -80,7 +80,7 @@ def evaluate_on_test(run_dir: Path, shards: Path, base, device: str = "auto") ->
     d = cfg.data.model_copy(update={"tte": base.data.tte, "tte_mode": base.data.tte_mode, "tte_expand": base.data.tte_expand,
                                     "tte_views": base.data.tte_views})
     m = evaluate(model, test_m, train_m.train_counts, d, resolution=res, tte=base.data.tte, workers=1, device=dev,
-                 precision="bf16" if dev.type == "cuda" else "fp32")
+                 precision=precisions(cfg, dev)[1])  # as the trial's own run evaluated
     return summary_metrics(m) | {"split": test_m.split, "tte": base.data.tte, "device": dev.type}
 
 
