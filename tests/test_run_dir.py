@@ -15,9 +15,9 @@ import subprocess
 import time
 
 import pytest
-from support.runs import REPO, TINY, cli_cmd, last_line, run_cli, run_env, timed_cli, tree_digest
+from support.runs import REPO, TINY, cli_cmd, free_port, last_line, run_cli, run_env, timed_cli, tree_digest
 
-from lift_dist.errors import RunDirError
+from lift_dist.errors import SECONDARY, RunDirError
 from lift_dist.run_dir import RunLock
 from lift_dist.shards import build_image_folder
 from lift_dist.synthetic import write_image_folder
@@ -118,6 +118,30 @@ def test_one_training_per_run_directory_and_sigterm_checkpoints(demo_shards, tmp
     p = run_cli(*args, "--resume", "latest", "--set", f"max_steps={state['global_step'] + 1}")
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"took over the stale lock of {run} (pid {2**22 + 7} is gone)" in p.stdout
+
+
+def test_a_lock_refused_on_rank_0_stops_every_rank_of_a_launch_without_a_launcher(demo_shards, tmp_path):
+    """Rank 0 takes the lock once the process group exists; the check before it passes a lock that cannot
+    be read yet (as while another launch writes it), and then rank 0 is refused. Two ranks started as srun
+    starts them, with no launcher to end the other rank: both stop with exit 2, rank 0 naming the lock and
+    rank 1 pointing at rank 0's line. Before, rank 1 died at a barrier on the broken connection (exit 1)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lock").write_text('{"host": "node1", "pi')
+    args = ["train", "--shards", str(demo_shards), "--out", str(run), *TINY, "--epochs", "1", "--set", "data.tte=false"]
+    port = str(free_port())
+    procs = [subprocess.Popen(cli_cmd(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=run_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for r in range(2)]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert f"could not take the lock {run / 'lock'}: it is unreadable" in last_line(errs[0]), errs[0][-2000:]
+    assert f"rank 0: could not take the lock {run / 'lock'}" in last_line(errs[1]) and last_line(errs[1]).endswith(SECONDARY)
+    assert sorted(p.name for p in run.iterdir()) == ["lock"] and (run / "lock").read_text() == '{"host": "node1", "pi'
 
 
 def _take_lock(path, launch, barrier, results):

@@ -24,7 +24,7 @@ from deepspeed.comm import comm as ds_comm
 from lift_dist.config import RunConfig
 from lift_dist.data.manifest import group_of
 from lift_dist.engine.checkpoint import Checkpointer
-from lift_dist.engine.collectives import all_reduce_sum_
+from lift_dist.engine.collectives import all_reduce_sum_, broadcast_text
 from lift_dist.engine.distributed import DistInfo, setup
 from lift_dist.engine.engine_setup import build_engine, build_model_on, grad_scaler, seed_everything
 from lift_dist.engine.evaluate import evaluate, precisions
@@ -34,7 +34,7 @@ from lift_dist.engine.optimizer import lr_factor
 from lift_dist.engine.preflight import Plan, preflight
 from lift_dist.engine.step import PhaseTimer, StepGuard
 from lift_dist.engine.train_data import Batch, TrainData
-from lift_dist.errors import LiftError
+from lift_dist.errors import SECONDARY, LiftError, RunDirError, one_line
 from lift_dist.lifecycle import StopRequest, die_with_parent
 from lift_dist.losses import build_loss
 from lift_dist.run_dir import summary_metrics, write_json
@@ -78,17 +78,36 @@ def train_plan(plan: Plan) -> dict:
     info = setup(plan.cfg.device)
     lock = plan.run.lock(plan.launch)
     try:
-        if info.is_main:
-            plan.run.create()
-            note = lock.acquire()
-            if note:
-                plan.notes.append(note)
-        dist.barrier()
+        take_the_run(plan, info, lock)
         return Trainer(plan, info).fit()
     finally:
         lock.release()
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+class RefusedOnRankZero(RunDirError):
+    secondary = True  # rank 0's own line is the cause
+
+
+def take_the_run(plan: Plan, info: DistInfo, lock) -> None:
+    """Rank 0 creates the run directory and takes its lock; every rank learns the outcome. So when the
+    lock is refused (a launch that started at the same moment took it), every rank stops with rank 0's
+    line, instead of dying at a barrier on a broken connection (or waiting there until a launcher ends it)."""
+    failure = None
+    if info.is_main:
+        try:
+            plan.run.create()
+            note = lock.acquire()
+            if note:
+                plan.notes.append(note)
+        except (LiftError, OSError) as e:
+            failure = e
+    refused = broadcast_text(one_line(failure) if failure else None, info.device)
+    if failure is not None:
+        raise failure
+    if refused is not None:
+        raise RefusedOnRankZero(f"rank 0: {refused} {SECONDARY}")
 
 
 class Trainer:
