@@ -265,6 +265,7 @@ class RunLock:
 
     def __init__(self, path: Path, launch: str):
         self.path, self.launch, self.held = Path(path), launch, False
+        self.record: dict | None = None  # what this process wrote into the lock
 
     def holder(self) -> dict | None:
         try:
@@ -287,9 +288,13 @@ class RunLock:
         """Refuse when another launch holds a live lock (every rank calls this before anything starts)."""
         self._refuse_live(self.holder())
 
-    def _refuse_live(self, h: dict | None) -> None:
-        if h is None or h.get("launch") == self.launch or self.stale_reason(h):
-            return
+    def _refuse_live(self, h: dict | None) -> str | None:
+        """Refuses a live lock of another launch; else why it is stale (None: no lock, or this launch's)."""
+        if h is None or h.get("launch") == self.launch:
+            return None
+        reason = self.stale_reason(h)  # asked once: on another host it is an squeue call
+        if reason:
+            return reason
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("time", 0)))
         raise RunDirError(
             f"run directory {self.path.parent} is in use by another training (pid {h.get('pid')} on {h.get('host')}, "
@@ -306,15 +311,15 @@ class RunLock:
         note = None
         for _ in range(attempts):
             h = self.holder()
-            self._refuse_live(h)  # a live lock of another launch: refused here
+            stale = self._refuse_live(h)  # a live lock of another launch: refused here
             if h is None and self.path.exists():  # being written (no hard links) or unreadable: look again
                 time.sleep(0.05)
                 continue
             if h is not None:
                 if not self._remove_if_unchanged(h):
                     continue
-                if h.get("launch") != self.launch:
-                    note = f"took over the stale lock of {self.path.parent} ({self.stale_reason(h)})"
+                if stale:
+                    note = f"took over the stale lock of {self.path.parent} ({stale})"
             if self._create():
                 self.held = True
                 return note
@@ -344,12 +349,14 @@ class RunLock:
 
     def _create(self) -> bool:
         """Create the lock file unless it exists (then False)."""
-        data = (json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
-                            "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()}, indent=2) + "\n").encode()
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "launch": self.launch,
+                  "slurm_job": os.environ.get("SLURM_JOB_ID"), "time": time.time()}
+        data = (json.dumps(record, indent=2) + "\n").encode()
         tmp = self.path.with_name(f".{self.path.name}.new.{socket.gethostname()}.{os.getpid()}")
         write_atomic(tmp, data)
         try:
             os.link(tmp, self.path)
+            self.record = record
             return True
         except FileExistsError:
             return False
@@ -362,11 +369,13 @@ class RunLock:
                 return False
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            self.record = record
             return True
         finally:
             tmp.unlink(missing_ok=True)
 
     def release(self) -> None:
-        if self.held and (self.holder() or {}).get("launch") == self.launch:
+        """Delete the lock if it is still the one this process wrote (not one that replaced it)."""
+        if self.held and self.holder() == self.record:
             self.path.unlink(missing_ok=True)
         self.held = False

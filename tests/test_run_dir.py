@@ -144,6 +144,42 @@ def test_a_lock_refused_on_rank_0_stops_every_rank_of_a_launch_without_a_launche
     assert sorted(p.name for p in run.iterdir()) == ["lock"] and (run / "lock").read_text() == '{"host": "node1", "pi'
 
 
+def test_a_stale_lock_of_another_node_is_judged_with_one_squeue_call(tmp_path, monkeypatch):
+    """A lock of a Slurm job on another node: squeue (here a script that logs its calls and answers as
+    for a finished job) is asked once, and the note says why the lock was taken over."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    answer = "slurm_load_jobs error: Invalid job id specified"
+    (bin_dir / "squeue").write_text(f'#!/bin/sh\necho "$@" >> {calls}\necho "{answer}" >&2\nexit 1\n')
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    path = tmp_path / "run" / "lock"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"host": "node-gone", "pid": 7, "launch": "slurm:4242.0:0", "slurm_job": "4242", "time": 0}))
+    lock = RunLock(path, "pid:here")
+    assert lock.acquire() == f"took over the stale lock of {path.parent} (Slurm job 4242 no longer runs)"
+    assert calls.read_text().splitlines() == ["-h -j 4242 -o %T"]
+    lock.release()
+    assert not path.exists()
+
+
+def test_release_leaves_a_lock_that_replaced_this_ones(tmp_path):
+    """Another worker of the same launch (torchrun restarts them with the same launch id) took the lock
+    over: this process's release must not delete it."""
+    path = tmp_path / "lock"
+    lock = RunLock(path, "torchrun:job:127.0.0.1:29500")
+    assert lock.acquire() is None and lock.held
+    replaced = json.loads(path.read_text()) | {"pid": os.getpid() + 1, "time": time.time() + 1}
+    path.write_text(json.dumps(replaced))
+    lock.release()
+    assert json.loads(path.read_text()) == replaced
+    mine = RunLock(tmp_path / "lock2", "pid:me")
+    mine.acquire()
+    mine.release()
+    assert not (tmp_path / "lock2").exists()
+
+
 def _take_lock(path, launch, barrier, results):
     try:
         barrier.wait(timeout=60)
