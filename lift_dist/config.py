@@ -232,7 +232,7 @@ class RunConfig(Strict):
     seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 autocast on GPU, fp32 on CPU. fp16: the official codes' AMP (fp16 autocast + a gradient
-    # scaler; evaluation in fp32), for GPUs without bf16 or to match their numbers; bf16 needs no scaler.
+    # scaler; evaluation: eval_precision), for GPUs without bf16 or to match their numbers; bf16 needs no scaler.
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     # auto: bf16 autocast for bf16 runs, fp32 for the others (as LIFT tests). fp16: every weight and activation
     # in fp16, as LIFT+ tests (its prec_test="fp16", model.half()); fast on GPUs, several times slower on CPUs.

@@ -5,8 +5,8 @@ exported model (`--model FILE`, see lift_dist.export).
 A shard split is predicted on every rank of the launch (one process, torchrun, or Slurm through
 `lift-dist launch -- predict ...`): each rank takes its share of the shards, rank 0 gathers the rows
 and writes one Parquet file, sorted by sample key, so the rows are the same whatever the number of
-ranks. A run's model computes in the precision its evaluation used (`eval_precision`; auto: bf16
-autocast on GPU, fp32 on CPU), so its predictions are the ones its metrics counted.
+ranks. A run's model computes in the run's `eval_precision` (`--precision` overrides it), resolved for
+the device it predicts on; on the device type it trained on, its predictions are those its metrics counted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
-from lift_dist.engine.evaluate import load_run, numerics, precisions, transform_for
+from lift_dist.engine.evaluate import load_run, logits_in, precisions, transform_for
 from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.export import ExportedModel
@@ -53,7 +53,8 @@ def load_for_inference(run_dir: Path, checkpoint: str | None, device: torch.devi
 class Predictor:
     """Logits and input transforms of a trained run or of an exported model."""
 
-    def __init__(self, run: str | None, model_file: str | None, checkpoint: str | None, device: torch.device):
+    def __init__(self, run: str | None, model_file: str | None, checkpoint: str | None, device: torch.device,
+                 precision: str = "run"):
         self.device, self.precision = device, "fp32"
         if model_file:
             self.exported = ExportedModel(Path(model_file), device)
@@ -66,10 +67,8 @@ class Predictor:
             self.model, cfg, classes = load_for_inference(Path(run), checkpoint, device)
             self.exported, self.names, self.data = None, classes["names"], cfg.data
             self.resolution = cfg.data.resolution or self.model.encoder.image_size
-            self.precision = precisions(cfg, device)[1]
-            if self.precision == "fp16":
-                self.model.half()  # once: nothing here trains, so no fp32 copy need be kept (cf. evaluate.weights_in)
-        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+            self.precision = precisions(cfg, device)[1] if precision == "run" else precision
+            self.forward = logits_in(self.model, self.precision)
 
     def transform(self, tte: bool):
         tf = transform_for(self.data, self.resolution, tte)
@@ -78,13 +77,13 @@ class Predictor:
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.exported is not None:
             return self.exported.logits(x)
-        with numerics(self.model, self.device, self.precision):
-            return self.model(x.to(self.device, self.dtype, non_blocking=True)).to(self.dtype)  # as evaluate rounds them
+        return self.forward(x.to(self.device, non_blocking=True))
 
     @torch.no_grad()
     def probabilities(self, batch: torch.Tensor, tte: bool) -> torch.Tensor:
         logits = average_crop_logits(self._logits, batch) if tte else self._logits(batch)
-        return logits.to(self.dtype).float().softmax(dim=1).cpu()  # an fp16 crop mean rounded, as in evaluate
+        logits = logits.half() if self.precision == "fp16" else logits  # the crops' mean rounded, as evaluate does
+        return logits.float().softmax(dim=1).cpu()
 
 
 def read_image(path: str, tf) -> torch.Tensor:
@@ -199,7 +198,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    p = Predictor(args.run, args.model, args.checkpoint, pick_device(args.device))
+    p = Predictor(args.run, args.model, args.checkpoint, pick_device(args.device), args.precision)
     if args.shards:
         n = predict_shards(p, args)
         if int(os.environ.get("RANK", "0")) == 0:

@@ -268,16 +268,21 @@ class RunLock:
         self.record: dict | None = None  # what this process wrote into the lock
 
     def holder(self) -> dict | None:
+        """The lock's record; None when there is none or it cannot be read as one (being written, damaged)."""
         try:
-            return json.loads(self.path.read_text())
+            h = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+        return h if isinstance(h, dict) else None
 
     def stale_reason(self, h: dict) -> str | None:
         """Why the holder `h` no longer trains here, or None when it may still."""
         if h.get("host") == socket.gethostname():
-            return None if _pid_alive(int(h.get("pid", -1))) else f"pid {h.get('pid')} is gone"
-        job = h.get("slurm_job")
+            pid = h.get("pid")
+            if not isinstance(pid, int) or pid <= 0:  # os.kill(-1, 0) would "find" it alive for ever
+                return f"it names no process (pid {pid!r})"
+            return None if _pid_alive(pid) else f"pid {pid} is gone"
+        job = str(h["slurm_job"]) if h.get("slurm_job") else None
         if job and job == os.environ.get("SLURM_JOB_ID"):
             return f"Slurm job {job} was requeued"
         if job and _slurm_job_running(job) is False:
@@ -286,9 +291,9 @@ class RunLock:
 
     def check(self) -> None:
         """Refuse when another launch holds a live lock (every rank calls this before anything starts)."""
-        self._refuse_live(self.holder())
+        self._stale_or_refuse(self.holder())
 
-    def _refuse_live(self, h: dict | None) -> str | None:
+    def _stale_or_refuse(self, h: dict | None) -> str | None:
         """Refuses a live lock of another launch; else why it is stale (None: no lock, or this launch's)."""
         if h is None or h.get("launch") == self.launch:
             return None
@@ -311,7 +316,7 @@ class RunLock:
         note = None
         for _ in range(attempts):
             h = self.holder()
-            stale = self._refuse_live(h)  # a live lock of another launch: refused here
+            stale = self._stale_or_refuse(h)  # a live lock of another launch: refused here
             if h is None and self.path.exists():  # being written (no hard links) or unreadable: look again
                 time.sleep(0.05)
                 continue

@@ -16,7 +16,7 @@ from support.runs import run_in_process
 from lift_dist.config import DataConfig, ModelConfig, OptimConfig, RunConfig, load_config
 from lift_dist.data.manifest import group_of, read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
-from lift_dist.engine.evaluate import evaluate, precisions, transform_for, weights_in
+from lift_dist.engine.evaluate import evaluate, logits_in, precisions, transform_for
 from lift_dist.engine.optimizer import build_optimizer
 from lift_dist.engine.preflight import group_counts
 from lift_dist.head_init import linear_probe_weights
@@ -230,7 +230,9 @@ def test_lift_plus_evaluates_in_fp16_and_lift_as_it_trained():
     assert precisions(RunConfig(), cpu) == ("fp32", "fp32") and precisions(RunConfig(), gpu) == ("bf16", "bf16")
     assert precisions(RunConfig(precision="fp16"), gpu) == ("fp16", "fp32")  # LIFT's AMP runs test in fp32
     assert precisions(RunConfig(eval_precision="fp16"), cpu) == ("fp32", "fp16")
-    with pytest.raises(Exception, match="eval_precision"):
+    from lift_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="eval_precision"):
         load_config(None, None, ["eval_precision=fp8"])
 
 
@@ -245,23 +247,52 @@ def _trained_tiny(peft: str, num_classes: int = 10):
 
 
 @pytest.mark.parametrize("peft", ["adaptformer", "lora", "adapter", "vpt-deep", "ssf", "bitfit", "sparse", "full"])
-def test_fp16_evaluation_is_lift_plus_model_half_and_leaves_the_training_weights_as_they_were(peft):
-    """eval_precision=fp16 computes what LIFT+'s test computes after `model.half()`, bit for bit; afterwards
-    every parameter and buffer is the same object with the same fp32 value (not cast there and back)."""
+def test_fp16_evaluation_is_the_half_models_and_leaves_the_training_weights_as_they_were(peft):
+    """eval_precision=fp16 computes, bit for bit, what this model gives after `model.half()` (LIFT+'s test),
+    its logits rounded to fp16; every parameter and buffer stays the same object with the same value."""
     model = _trained_tiny(peft)
     x = torch.randn(3, 3, model.encoder.image_size, model.encoder.image_size)
     tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
     before = {n: t.detach().clone() for n, t in tensors.items()}
     assert any(not torch.equal(t, t.half().float()) for t in before.values() if t.is_floating_point())  # a round trip would show
     with torch.no_grad():
-        reference = copy.deepcopy(model).half()(x.half())
-        with weights_in(model, torch.float16):
-            assert all(t.dtype == torch.float16 for t in tensors.values() if t.is_floating_point())
-            out = model(x.half())
-    assert torch.equal(out, reference)
+        reference = copy.deepcopy(model).half()(x.half()).half()
+        out = logits_in(model, "fp16")(x)
+    assert out.dtype == torch.float16 and torch.equal(out, reference)
     after = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
     for n, t in tensors.items():
         assert after[n] is t and t.dtype == before[n].dtype and torch.equal(t, before[n]), n
+
+
+class _NearTie(torch.nn.Module):
+    """Logit 1 for class 0 and 1 + offset for class 1, the offset in fp16 steps at 1 (2^-10) taken from
+    `offsets` by the row's place among five consecutive rows (five crops of one image under TTE)."""
+
+    def __init__(self, offsets):
+        super().__init__()
+        self.offsets = offsets
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), 10)
+        logits[:, 0] = 1.0
+        logits[:, 1] = 1.0 + 2.0**-10 * torch.tensor(self.offsets)[torch.arange(len(x)) % 5]
+        return logits
+
+
+@pytest.mark.parametrize("tte, offsets, fp16_class", [
+    (False, [0.25] * 5, 0),                 # fp16 cannot tell 1 + 2^-12 from 1: argmax takes the first, class 0
+    (True, [1, 0, 0, 0, 0], 0),             # the crops' mean 1 + 0.2 steps is rounded to 1: a tie again
+    (True, [0.55, 0.55, 0.55, 0, 0], 1),    # each crop is rounded first (up, to 1 step): mean 0.6 steps, rounded up
+], ids=["image", "crop-mean", "crops-then-mean"])
+def test_fp16_evaluation_breaks_ties_as_lift_plus_fp16_logits_do(demo_shards, tte, offsets, fp16_class):
+    """LIFT+'s model gives fp16 logits and averages the crops' in fp16; its argmax follows. In fp32 the
+    larger logit, class 1's, wins. Every test image gets the same prediction."""
+    d = DataConfig(tte=tte, tte_expand=8, workers=0)
+    train, test = read_manifest(demo_shards, "train"), read_manifest(demo_shards, "test")
+    for precision, predicted in (("fp16", fp16_class), ("fp32", 1)):
+        m = evaluate(_NearTie(offsets), test, train.train_counts, d, resolution=32, tte=tte, workers=0, precision=precision)
+        assert m["per_class_correct"][predicted] == m["num_samples"] / 10 and m["num_samples"] == 60, precision
+        assert {p for _, p in m["confusions"]} == {predicted}, precision
 
 
 def test_fp16_evaluation_over_shards_counts_the_half_models_predictions(demo_shards):
@@ -280,7 +311,7 @@ def test_fp16_evaluation_over_shards_counts_the_half_models_predictions(demo_sha
                          transform_for(d, res, tte=True), train=False, num_classes=10)
     with torch.no_grad():
         for crops, labels, _ in loader_batches(make_loader(stream, 0), 16):
-            logits = half(crops.flatten(0, 1).half()).half().unflatten(0, crops.shape[:2])  # LIFT+'s logits are fp16
+            logits = half(crops.flatten(0, 1).half()).half().unflatten(0, crops.shape[:2])  # fp16 logits, as LIFT+'s
             preds = logits.mean(dim=1).argmax(dim=1)  # an fp16 mean, as LIFT+'s torch.stack(...).mean(0)
             for t, p in zip(labels.tolist(), preds.tolist()):
                 correct[t] += t == p

@@ -164,6 +164,29 @@ def test_a_stale_lock_of_another_node_is_judged_with_one_squeue_call(tmp_path, m
     assert not path.exists()
 
 
+@pytest.mark.parametrize("record, outcome", [
+    ("[]", "unreadable"),
+    ('{"host": "HERE", "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid None))"),
+    ('{"host": "HERE", "pid": "12", "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid '12'))"),
+    ('{"host": "node-gone", "pid": 7, "launch": "slurm:1", "slurm_job": 4242}', "took over the stale lock of RUN (Slurm job 4242 "),
+], ids=["not-a-record", "no-pid", "text-pid", "numeric-job"])
+def test_a_malformed_lock_is_named_or_taken_over_never_a_crash(tmp_path, record, outcome, monkeypatch):
+    """Lock records no lift-dist wrote (edited, or from another tool): each gives a line or a takeover
+    note, never an AttributeError / ValueError / TypeError (which rank 0 would die on)."""
+    monkeypatch.setenv("PATH", "/nonexistent")  # no squeue: a job on another node cannot be judged...
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # ...except this very job, requeued
+    path = tmp_path / "lock"
+    path.write_text(record.replace("HERE", socket.gethostname()))
+    lock = RunLock(path, "pid:new")
+    if outcome == "unreadable":
+        with pytest.raises(RunDirError, match=f"could not take the lock {path}: it is unreadable"):
+            lock.acquire(attempts=3)
+        assert path.read_text() == record  # left as it was, for the user to look at
+    else:
+        assert lock.acquire().startswith(outcome.replace("RUN", str(tmp_path)))
+        assert json.loads(path.read_text())["launch"] == "pid:new"
+
+
 def test_release_leaves_a_lock_that_replaced_this_ones(tmp_path):
     """Another worker of the same launch (torchrun restarts them with the same launch id) took the lock
     over: this process's release must not delete it."""

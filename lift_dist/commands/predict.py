@@ -27,3 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="Parquet file for --shards predictions")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if there is one")
+    p.add_argument("--precision", choices=["run", "fp32", "bf16", "fp16"], default="run",
+                   help="a run's model computes in this precision (run: the run's eval_precision, e.g. fp16 for lift_plus, "
+                        "which is slow on a CPU); exported models keep their own")

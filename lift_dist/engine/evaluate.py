@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import torch
@@ -26,28 +25,24 @@ def precisions(cfg, device: torch.device) -> tuple[str, str]:
     return train, cfg.eval_precision if cfg.eval_precision != "auto" else ("bf16" if train == "bf16" else "fp32")
 
 
-@contextlib.contextmanager
-def weights_in(model: torch.nn.Module, dtype: torch.dtype):
-    """Every floating-point parameter and buffer of `model` held in `dtype` for the duration, as
-    `model.half()` leaves them (LIFT+ tests so), and the training tensors put back afterwards: the same
-    Parameter objects with their own values, never cast there and back (that would round fp32 weights)."""
-    kept = [(t, t.data) for t in itertools.chain(model.parameters(), model.buffers()) if t.is_floating_point() and t.dtype != dtype]
-    try:
-        for t, data in kept:
-            t.data = data.to(dtype)
-        yield
-    finally:
-        for t, data in kept:
-            t.data = data
+def logits_in(model: torch.nn.Module, precision: str):
+    """`model`'s logits in an evaluation precision, as a function of the batch: fp32; bf16 under autocast;
+    fp16 with every floating-point parameter and buffer in fp16, as LIFT+ tests (`model.half()`).
 
-
-def numerics(model: torch.nn.Module, device: torch.device, precision: str):
-    """The context evaluation runs in: bf16 autocast, the weights in fp16, or nothing (fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    The fp16 tensors are copies, made once, and the model runs on them through functional_call: the
+    training Parameters, their gradient hooks and the optimizer's references are never touched (a cast
+    there and back would round fp32 weights). fp16 logits are rounded to fp16, as LIFT+'s fp16 model gives
+    them (our heads compute in fp32), so their ties are its ties."""
     if precision == "fp16":
-        return weights_in(model, torch.float16)
-    return contextlib.nullcontext()
+        half = {n: t.detach().half() if t.is_floating_point() else t
+                for n, t in itertools.chain(model.named_parameters(), model.named_buffers())}
+        return lambda x: torch.func.functional_call(model, half, (x.half(),)).half()
+    if precision == "bf16":
+        def bf16(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16):
+                return model(x)
+        return bf16
+    return model
 
 
 def transform_for(d, resolution: int, tte: bool):
@@ -75,20 +70,15 @@ def evaluate(model: torch.nn.Module, manifest: Manifest, group_counts, d, *, res
     model.eval()
     acc = MetricAccumulator(num_classes)
     confusions: dict[tuple[int, int], int] = {}  # (true, predicted) -> count, mistakes only (sparse)
-    dtype = torch.float16 if precision == "fp16" else torch.float32
-
-    def logits_fn(x):  # fp16: rounded as LIFT+'s fp16 model gives them (our heads compute in fp32), so the same ties
-        return model(x).to(dtype)
-
-    with numerics(model, device, precision):
-        for images, labels, _ in loader_batches(loader, d.eval_batch_size):
-            x = images.to(device, dtype, non_blocking=True)
-            logits = average_crop_logits(logits_fn, x) if tte else logits_fn(x)
-            preds = logits.to(dtype).float().argmax(dim=1).cpu()  # an fp16 mean of crops rounded, as LIFT+'s
-            acc.update(preds, labels)
-            wrong = preds != labels
-            for t, p in zip(labels[wrong].tolist(), preds[wrong].tolist()):
-                confusions[(t, p)] = confusions.get((t, p), 0) + 1
+    logits_of = logits_in(model, precision)
+    for images, labels, _ in loader_batches(loader, d.eval_batch_size):
+        x = images.to(device, non_blocking=True)
+        logits = average_crop_logits(logits_of, x) if tte else logits_of(x)
+        preds = (logits.half() if precision == "fp16" else logits).float().argmax(dim=1).cpu()  # fp16: LIFT+'s fp16 crop mean
+        acc.update(preds, labels)
+        wrong = preds != labels
+        for t, p in zip(labels[wrong].tolist(), preds[wrong].tolist()):
+            confusions[(t, p)] = confusions.get((t, p), 0) + 1
     del loader
     model.train(was_training)
     for t in (acc.correct, acc.total):

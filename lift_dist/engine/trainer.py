@@ -101,9 +101,10 @@ def take_the_run(plan: Plan, info: DistInfo, lock) -> None:
             note = lock.acquire()
             if note:
                 plan.notes.append(note)
-        except (LiftError, OSError) as e:
+        except Exception as e:  # whatever it is, the other ranks must hear of it rather than wait
             failure = e
-    refused = broadcast_text(one_line(failure) if failure else None, info.device)
+    line = None if failure is None else one_line(failure) if isinstance(failure, (LiftError, OSError)) else repr(failure)
+    refused = broadcast_text(line, info.device)
     if failure is not None:
         raise failure
     if refused is not None:
