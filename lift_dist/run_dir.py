@@ -300,7 +300,8 @@ class RunLock:
         reason = self.stale_reason(h)  # asked once: on another host it is an squeue call
         if reason:
             return reason
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("time", 0)))
+        t = h.get("time")
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if isinstance(t, (int, float)) else f"time {t!r}"
         raise RunDirError(
             f"run directory {self.path.parent} is in use by another training (pid {h.get('pid')} on {h.get('host')}, "
             f"since {since}); wait for it to end, or use another --out. If no training runs there, delete {self.path}")

@@ -8,6 +8,7 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -169,7 +170,9 @@ def test_a_stale_lock_of_another_node_is_judged_with_one_squeue_call(tmp_path, m
     ('{"host": "HERE", "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid None))"),
     ('{"host": "HERE", "pid": "12", "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid '12'))"),
     ('{"host": "node-gone", "pid": 7, "launch": "slurm:1", "slurm_job": 4242}', "took over the stale lock of RUN (Slurm job 4242 "),
-], ids=["not-a-record", "no-pid", "text-pid", "numeric-job"])
+    ('{"host": "node-busy", "pid": 7, "launch": "slurm:2", "time": "noon"}',
+     "in use by another training (pid 7 on node-busy, since time 'noon')"),
+], ids=["not-a-record", "no-pid", "text-pid", "numeric-job", "text-time"])
 def test_a_malformed_lock_is_named_or_taken_over_never_a_crash(tmp_path, record, outcome, monkeypatch):
     """Lock records no lift-dist wrote (edited, or from another tool): each gives a line or a takeover
     note, never an AttributeError / ValueError / TypeError (which rank 0 would die on)."""
@@ -182,6 +185,9 @@ def test_a_malformed_lock_is_named_or_taken_over_never_a_crash(tmp_path, record,
         with pytest.raises(RunDirError, match=f"could not take the lock {path}: it is unreadable"):
             lock.acquire(attempts=3)
         assert path.read_text() == record  # left as it was, for the user to look at
+    elif outcome.startswith("in use"):  # another node, no Slurm job named: it may still train there
+        with pytest.raises(RunDirError, match=re.escape(outcome)):
+            lock.acquire()
     else:
         assert lock.acquire().startswith(outcome.replace("RUN", str(tmp_path)))
         assert json.loads(path.read_text())["launch"] == "pid:new"

@@ -31,8 +31,8 @@ def logits_in(model: torch.nn.Module, precision: str):
 
     The fp16 tensors are copies, made once, and the model runs on them through functional_call: the
     training Parameters, their gradient hooks and the optimizer's references are never touched (a cast
-    there and back would round fp32 weights). fp16 logits are rounded to fp16, as LIFT+'s fp16 model gives
-    them (our heads compute in fp32), so their ties are its ties."""
+    there and back would round fp32 weights). Our heads compute in fp32 even then; their logits are rounded
+    to fp16, as LIFT+'s fp16 head gives them, so that its ties are ours."""
     if precision == "fp16":
         half = {n: t.detach().half() if t.is_floating_point() else t
                 for n, t in itertools.chain(model.named_parameters(), model.named_buffers())}
