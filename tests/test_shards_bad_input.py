@@ -266,6 +266,52 @@ def test_build_resize_matches_pils_bicubic_within_jpeg_noise():
         assert psnr(ours, exact) > psnr(before, exact) - 0.1, (w, h, psnr(ours, exact), psnr(before, exact))
 
 
+def _pil_path(data: bytes, resize: int) -> bytes:
+    """What encode_bytes did before libjpeg-turbo decoded straight to an array: PIL's draft decode."""
+    from PIL import ImageOps
+
+    from lift_dist.shards.images import _load, encode_image, to_rgb
+
+    return encode_image(to_rgb(ImageOps.exif_transpose(_load(Image.open(io.BytesIO(data)), resize))), resize, 90)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_libjpeg_turbo_decoding_gives_pils_pixels_at_every_exif_orientation(orientation):
+    """The fast path (`_turbo_encode`) against PIL's draft + exif_transpose: same size, same pixels
+    (both are libjpeg-turbo at the same DCT scale), for each of the 8 orientations."""
+    from lift_dist.shards.images import _turbo_encode
+    from lift_dist.shards.synthetic import photo_jpegs
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    photo = Image.open(io.BytesIO(photo_jpegs(1, 800, 500, seed=orientation)[0]))
+    data = as_bytes(photo, "JPEG", exif=exif.tobytes(), quality=92)
+    assert _turbo_encode(data, Image.open(io.BytesIO(data)), orientation, 256, 90) is not None  # the path under test
+    ours, theirs = decoded(encode_bytes(data, 256, 90)), decoded(_pil_path(data, 256))
+    assert ours.size == theirs.size == ((256, 410) if orientation >= 5 else (410, 256))
+    assert np.abs(np.asarray(ours, np.int16) - np.asarray(theirs, np.int16)).max() <= 2
+
+
+def test_libjpeg_turbo_decodes_at_pils_draft_scale_and_leaves_what_it_doubts_to_pil():
+    from lift_dist.shards.images import _turbo_encode, draft_size
+    from lift_dist.shards.synthetic import photo_jpegs
+
+    for w, h in ((800, 600), (700, 700), (1000, 1000), (300, 900), (2049, 1537), (511, 4000), (257, 256)):
+        im = Image.open(io.BytesIO(photo_jpegs(1, w, h)[0]))
+        im.draft("RGB", (256, 256))
+        assert draft_size((w, h), 256) == im.size, (w, h)
+    # Stray bytes before the end marker: libjpeg-turbo's strict mode refuses the file, PIL builds it.
+    photo = photo_jpegs(1, 800, 600)[0]
+    stray = photo[:-2] + b"\x00" * 7 + photo[-2:]
+    assert _turbo_encode(stray, Image.open(io.BytesIO(stray)), 1, 256, 90) is None
+    assert decoded(encode_bytes(stray, 256, 90)).size == (341, 256)
+    # Other modes, small images and unknown orientations are PIL's too.
+    gray = as_bytes(Image.open(io.BytesIO(photo)).convert("L"), "JPEG")
+    small = photo_jpegs(1, 64, 80)[0]
+    for data, orientation in ((gray, 1), (small, 1), (photo, 9)):
+        assert _turbo_encode(data, Image.open(io.BytesIO(data)), orientation, 256, 90) is None
+
+
 def test_folder_test_split_with_an_unknown_class_folder(tmp_path):
     for split, classes in (("train", ("a", "b")), ("test", ("a", "zzz"))):
         for c in classes:
