@@ -16,7 +16,7 @@ workers' CPU milliseconds per image (from /proc, robust to other load on the mac
     python benchmarks/data.py --folder ~/photos/train --images 2000
     python benchmarks/data.py --baseline 8288845       # the shard stream of an older commit, side by side
     python benchmarks/data.py --profile                # cProfile of the stream in-process (workers=0)
-    python benchmarks/data.py --exact                  # adds the exact-input mode: --no-resize shards, no draft decoding
+    python benchmarks/data.py --exact                  # adds --no-resize shards: draft-decoded, and the exact-input mode (no draft)
 """
 
 from __future__ import annotations
@@ -198,17 +198,22 @@ def main() -> None:
         with worktree(a.baseline) as base:
             shards = time_shards(REPO, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp)
             baseline = time_shards(base, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp) if base else None
+            exact = time_full_size(images, tmp, a, base) if a.exact else None
         on_device = time_shards(REPO, tmp / "shards", a.workers, a.batch, a.res, a.passes, tmp, a.device_decode) \
             if a.device_decode else None
-        exact = time_exact(images, tmp, a) if a.exact else None
     report(a, folder, shards, baseline, on_device, exact)
 
 
-def time_exact(images: Path, tmp: Path, a) -> dict:
-    """The exact-input mode: the original JPEGs kept in the shards and decoded at full size."""
+def time_full_size(images: Path, tmp: Path, a, base: Path | None) -> dict:
+    """Shards that keep the original JPEGs (--no-resize): decoded at a reduced DCT scale (the default
+    data.jpeg_draft, also by --baseline's code when given), and at full size (the exact-input mode)."""
     with contextlib.redirect_stdout(sys.stderr):
         build_image_folder(images, tmp / "exact", "train", shard_size=64, workers=1, progress=False, resize=None)
-    return time_shards(REPO, tmp / "exact", a.workers, a.batch, a.res, a.passes, tmp, exact=True)
+    out = {"draft": time_shards(REPO, tmp / "exact", a.workers, a.batch, a.res, a.passes, tmp)}
+    if base:
+        out["draft_baseline"] = time_shards(base, tmp / "exact", a.workers, a.batch, a.res, a.passes, tmp)
+    out["exact"] = time_shards(REPO, tmp / "exact", a.workers, a.batch, a.res, a.passes, tmp, exact=True)
+    return out
 
 
 def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict | None, exact: dict | None) -> None:
@@ -236,7 +241,10 @@ def report(a, folder: dict, shards: dict, baseline: dict | None, on_device: dict
     if on_device:
         rows.append((f"shards, decoded on {a.device_decode} (main)", on_device))
     if exact:
-        rows.append(("exact inputs (--no-resize, no draft)", exact))
+        rows.append(("full-size shards (--no-resize), draft", exact["draft"]))
+        if "draft_baseline" in exact:
+            rows.append((f"full-size shards, draft, at {a.baseline}", exact["draft_baseline"]))
+        rows.append(("exact inputs (--no-resize, no draft)", exact["exact"]))
     for name, r in rows:
         first = r["first_pass_images_per_s"] / a.workers
         print(f"  {name:38s} {r['images_per_s'] / a.workers:7.1f} img/s per worker (first pass {first:6.1f}), "

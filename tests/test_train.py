@@ -32,6 +32,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lift_dist.config import ModelConfig, load_config
 from lift_dist.data import pipeline
+from lift_dist.data.jpeg import decode_rgb_draft
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, decode_sample, make_loader, rebatch
 from lift_dist.engine.distributed import DistInfo
@@ -436,7 +437,18 @@ def test_tensor_decoding_equals_pil(monkeypatch):
     Image.new("RGB", (800, 600), (120, 30, 200)).save(big, "JPEG")
     small, _, _ = decode_sample({"__key__": "b", "jpg": big.getvalue(), "cls": b"0"}, 2, min_side=256, as_tensor=True)
     assert small.shape == (3, 300, 400)  # draft mode at 1/2 scale, as on the PIL path
-    assert len(calls) == len(variants)  # the PNG and the drafted JPEG went through PIL
+    assert len(calls) == len(variants)  # the PNG and the drafted JPEG did not reach the full-size decoder
+    # Drafted RGB JPEGs go from libjpeg-turbo straight to an array: PIL's draft pixels. Grey and CMYK ones go through PIL.
+    drafted = []
+    monkeypatch.setattr(pipeline, "decode_rgb_draft", lambda *a: drafted.append(a[2]) or decode_rgb_draft(*a))
+    photo800 = Image.open(io.BytesIO(photo_jpegs(1, 800, 600, seed=2)[0]))
+    for name, img in {"rgb": photo800, "grey": photo800.convert("L"), "cmyk": photo800.convert("CMYK")}.items():
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        sample = {"__key__": name, "jpg": buf.getvalue(), "cls": b"0"}
+        ref, out = decode_sample(sample, 2, min_side=256)[0], decode_sample(sample, 2, min_side=256, as_tensor=True)[0]
+        assert out.shape == (3, 300, 400) and torch.equal(out, torch.from_numpy(np.array(ref)).permute(2, 0, 1)), name
+    assert drafted == [(341, 256)] * 3  # each asked; only the RGB one was decoded there (the others: None, then PIL)
     with pytest.raises(DataError, match=r"sample 't' in .*cannot be decoded \(RuntimeError: Image is incomplete or truncated"):
         decode_sample({"__key__": "t", "jpg": variants["baseline"][:2000], "cls": b"0"}, 2, as_tensor=True)
 

@@ -40,6 +40,7 @@ from webdataset.cache import FileCache
 from lift_dist.data import location
 from lift_dist.data.chunk_slots import ChunkSlots
 from lift_dist.data.device_decode import DeferredImage, jpeg_size, plan_geometry
+from lift_dist.data.jpeg import decode_rgb_draft
 from lift_dist.data.manifest import IMAGE_KEYS, Manifest
 from lift_dist.errors import DataError
 from lift_dist.transforms import stack_images
@@ -134,9 +135,13 @@ _decode_jpeg = None
 def _draft_decode(img: Image.Image, min_side: int | None) -> Image.Image:
     """RGB pixels of an opened image; a large JPEG at the smallest DCT scale keeping min_side."""
     if _draft_helps(img, min_side):
-        k = min_side / min(img.size)
-        img.draft("RGB", (max(1, round(img.width * k)), max(1, round(img.height * k))))
+        img.draft("RGB", _draft_request(img.size, min_side))
     return img.convert("RGB")
+
+
+def _draft_request(size: tuple[int, int], min_side: int) -> tuple[int, int]:
+    k = min_side / min(size)
+    return max(1, round(size[0] * k)), max(1, round(size[1] * k))
 
 
 def _draft_helps(img: Image.Image, min_side: int | None) -> bool:
@@ -148,10 +153,13 @@ def _decode_tensor(data: bytes, min_side: int | None) -> torch.Tensor:
     PIL image, no copy), unless draft mode can decode them at a reduced scale; other formats via PIL."""
     global _decode_jpeg
     img = Image.open(io.BytesIO(data))  # reads the header only (format, size): ~20 us
-    if img.format == "JPEG" and not _draft_helps(img, min_side):
+    draft = _draft_helps(img, min_side)
+    if img.format == "JPEG" and not draft:
         if _decode_jpeg is None:
             _decode_jpeg = _jpeg_decoder()
         return _decode_jpeg(bytearray(data))  # bytearray: torch wants a writable buffer
+    if draft and (hwc := decode_rgb_draft(data, img, _draft_request(img.size, min_side))) is not None:
+        return torch.from_numpy(hwc).permute(2, 0, 1)  # PIL's draft pixels, without PIL's copies
     return torch.from_numpy(np.array(_draft_decode(img, min_side))).permute(2, 0, 1)
 
 

@@ -6,11 +6,12 @@ import contextlib
 import io
 
 import numpy as np
-import simplejpeg
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageOps
 from torchvision.io import encode_jpeg
+
+from lift_dist.data.jpeg import decode_rgb_draft
 
 RESAMPLE = Image.Resampling.BICUBIC
 SMALL_SIDE = 64  # images this small are encoded without chroma subsampling
@@ -39,14 +40,6 @@ def _load(img: Image.Image, draft_to: int | None) -> Image.Image:
             img.draft("RGB", (draft_to, draft_to))
         img.load()
     return img
-
-
-def draft_size(size: tuple[int, int], target: int) -> tuple[int, int]:
-    """The size PIL's JPEG draft((target, target)) decodes at: the largest 1/8, 1/4, 1/2 DCT scale
-    keeping both sides >= target (sides rounded up, as libjpeg does)."""
-    w, h = size
-    s = next(s for s in (8, 4, 2, 1) if min(w // target, h // target) >= s)
-    return -(-w // s), -(-h // s)
 
 
 def _check_decodes(img: Image.Image) -> None:
@@ -133,22 +126,14 @@ _UPRIGHT = {
 
 
 def _turbo_encode(data: bytes, header: Image.Image, orientation, resize: int, quality: int) -> bytes | None:
-    """A large RGB JPEG decoded by libjpeg-turbo straight into an array, at the DCT scale PIL's draft
-    picks (the same pixels as `_load`): PIL's decoder unpacks every row into its 4-byte pixels and
-    copies them out again, ~0.4 ms of an 800 px photo's ~2.7. None where PIL must decide: other modes,
-    small images, unknown orientations, and any file libjpeg-turbo reports as damaged (its strict
-    mode refuses what PIL may tolerate, and PIL's message is the one users see)."""
-    if header.format != "JPEG" or header.mode != "RGB" or min(shorter_side_to(header.size, resize)) <= SMALL_SIDE:
-        return None
+    """A large RGB JPEG through libjpeg-turbo straight into an array (`decode_rgb_draft`: the pixels
+    `_load` would give), turned upright on the tensor. None where PIL's path must decide: other modes,
+    small images, unknown orientations, files libjpeg-turbo doubts."""
     upright = _UPRIGHT.get(orientation) if orientation not in (None, 1) else (lambda t: t)
-    if upright is None:
+    if upright is None or min(shorter_side_to(header.size, resize)) <= SMALL_SIDE:
         return None
-    w, h = draft_size(header.size, resize)
-    try:  # asked for PIL's size, libjpeg-turbo decodes at PIL's scale (it would pick 3/8, 7/8...: slower, no SIMD)
-        hwc = simplejpeg.decode_jpeg(data, "RGB", min_height=h, min_width=w)
-    except ValueError:
-        return None
-    return _encode_hwc(upright(torch.from_numpy(hwc)), resize, quality)
+    hwc = decode_rgb_draft(data, header, (resize, resize))
+    return None if hwc is None else _encode_hwc(upright(torch.from_numpy(hwc)), resize, quality)
 
 
 def _pil_jpeg(img: Image.Image, quality: int) -> bytes:
