@@ -439,8 +439,14 @@ def test_tensor_decoding_equals_pil(monkeypatch):
     assert small.shape == (3, 300, 400)  # draft mode at 1/2 scale, as on the PIL path
     assert len(calls) == len(variants)  # the PNG and the drafted JPEG did not reach the full-size decoder
     # Drafted RGB JPEGs go from libjpeg-turbo straight to an array: PIL's draft pixels. Grey and CMYK ones go through PIL.
-    drafted = []
-    monkeypatch.setattr(pipeline, "decode_rgb_draft", lambda *a: drafted.append(a[2]) or decode_rgb_draft(*a))
+    drafted = []  # (requested size, decoded there)
+
+    def spy(*a):
+        hwc = decode_rgb_draft(*a)
+        drafted.append((a[2], hwc is not None))
+        return hwc
+
+    monkeypatch.setattr(pipeline, "decode_rgb_draft", spy)
     photo800 = Image.open(io.BytesIO(photo_jpegs(1, 800, 600, seed=2)[0]))
     for name, img in {"rgb": photo800, "grey": photo800.convert("L"), "cmyk": photo800.convert("CMYK")}.items():
         buf = io.BytesIO()
@@ -448,7 +454,7 @@ def test_tensor_decoding_equals_pil(monkeypatch):
         sample = {"__key__": name, "jpg": buf.getvalue(), "cls": b"0"}
         ref, out = decode_sample(sample, 2, min_side=256)[0], decode_sample(sample, 2, min_side=256, as_tensor=True)[0]
         assert out.shape == (3, 300, 400) and torch.equal(out, torch.from_numpy(np.array(ref)).permute(2, 0, 1)), name
-    assert drafted == [(341, 256)] * 3  # each asked; only the RGB one was decoded there (the others: None, then PIL)
+    assert drafted == [((341, 256), True), ((341, 256), False), ((341, 256), False)]  # grey and CMYK: PIL's
     with pytest.raises(DataError, match=r"sample 't' in .*cannot be decoded \(RuntimeError: Image is incomplete or truncated"):
         decode_sample({"__key__": "t", "jpg": variants["baseline"][:2000], "cls": b"0"}, 2, as_tensor=True)
 

@@ -149,8 +149,9 @@ def _draft_helps(img: Image.Image, min_side: int | None) -> bool:
 
 
 def _decode_tensor(data: bytes, min_side: int | None) -> torch.Tensor:
-    """(3, H, W) uint8, channels-last in memory. JPEGs go straight to a tensor (`_jpeg_decoder`: no
-    PIL image, no copy), unless draft mode can decode them at a reduced scale; other formats via PIL."""
+    """(3, H, W) uint8, channels-last in memory. JPEGs go straight to a tensor, at full size
+    (`_jpeg_decoder`) or, where draft mode helps, at PIL's reduced DCT scale (`decode_rgb_draft`): no
+    PIL image, no copy. Other formats and modes, and JPEGs libjpeg-turbo doubts, go through PIL."""
     global _decode_jpeg
     img = Image.open(io.BytesIO(data))  # reads the header only (format, size): ~20 us
     draft = _draft_helps(img, min_side)

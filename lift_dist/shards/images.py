@@ -154,11 +154,10 @@ def encode_bytes(data: bytes, resize: int | None, quality: int) -> bytes:
     if resize is None and header.format == "JPEG" and header.mode == "RGB" and orientation in (None, 1):
         _check_decodes(header)
         return data
-    if resize is not None and (jpg := _turbo_encode(data, header, orientation, resize, quality)) is not None:
-        return jpg
-    img = _load(header, resize)
     try:
-        return encode_image(to_rgb(ImageOps.exif_transpose(img)), resize, quality)
+        if resize is not None and (jpg := _turbo_encode(data, header, orientation, resize, quality)) is not None:
+            return jpg
+        return encode_image(to_rgb(ImageOps.exif_transpose(_load(header, resize))), resize, quality)
     except BadImage:
         raise
     except Exception as e:
