@@ -129,7 +129,7 @@ def _turbo_encode(data: bytes, header: Image.Image, orientation, resize: int, qu
     """A large RGB JPEG through libjpeg-turbo straight into an array (`decode_rgb_draft`: the pixels
     `_load` would give), turned upright on the tensor. None where PIL's path must decide: other modes,
     small images, unknown orientations, files libjpeg-turbo doubts."""
-    upright = _UPRIGHT.get(orientation) if orientation not in (None, 1) else (lambda t: t)
+    upright = (lambda t: t) if orientation in (None, 1) else _UPRIGHT.get(orientation) if type(orientation) is int else None
     if upright is None or min(shorter_side_to(header.size, resize)) <= SMALL_SIDE:
         return None
     hwc = decode_rgb_draft(data, header, (resize, resize))
