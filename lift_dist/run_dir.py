@@ -279,7 +279,7 @@ class RunLock:
         """Why the holder `h` no longer trains here, or None when it may still."""
         if h.get("host") == socket.gethostname():
             pid = h.get("pid")
-            if not isinstance(pid, int) or pid <= 0:  # os.kill(-1, 0) would "find" it alive for ever
+            if type(pid) is not int or pid <= 0:  # os.kill(-1, 0) would "find" it alive for ever (and true is pid 1)
                 return f"it names no process (pid {pid!r})"
             return None if _pid_alive(pid) else f"pid {pid} is gone"
         job = str(h["slurm_job"]) if h.get("slurm_job") else None

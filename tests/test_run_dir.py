@@ -169,10 +169,11 @@ def test_a_stale_lock_of_another_node_is_judged_with_one_squeue_call(tmp_path, m
     ("[]", "unreadable"),
     ('{"host": "HERE", "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid None))"),
     ('{"host": "HERE", "pid": "12", "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid '12'))"),
+    ('{"host": "HERE", "pid": true, "launch": "pid:old"}', "took over the stale lock of RUN (it names no process (pid True))"),
     ('{"host": "node-gone", "pid": 7, "launch": "slurm:1", "slurm_job": 4242}', "took over the stale lock of RUN (Slurm job 4242 "),
     ('{"host": "node-busy", "pid": 7, "launch": "slurm:2", "time": "noon"}',
      "in use by another training (pid 7 on node-busy, since time 'noon')"),
-], ids=["not-a-record", "no-pid", "text-pid", "numeric-job", "text-time"])
+], ids=["not-a-record", "no-pid", "text-pid", "true-pid", "numeric-job", "text-time"])
 def test_a_malformed_lock_is_named_or_taken_over_never_a_crash(tmp_path, record, outcome, monkeypatch):
     """Lock records no lift-dist wrote (edited, or from another tool): each gives a line or a takeover
     note, never an AttributeError / ValueError / TypeError (which rank 0 would die on)."""

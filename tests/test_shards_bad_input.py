@@ -294,18 +294,19 @@ def test_libjpeg_turbo_decoding_gives_pils_pixels_at_every_exif_orientation(orie
 
 
 def test_libjpeg_turbo_decodes_at_pils_draft_scale_and_leaves_what_it_doubts_to_pil():
-    from lift_dist.data.jpeg import decode_rgb_draft, draft_size
+    from lift_dist.data.jpeg import decode_rgb_draft
     from lift_dist.shards.images import _turbo_encode
     from lift_dist.shards.synthetic import photo_jpegs
 
+    # libjpeg-turbo, asked for the size PIL's draft picks, decodes at that DCT scale: PIL's draft pixels exactly
+    # (left to itself it would pick 3/8 for 700 px, 7/8 for 300 x 900).
     for (w, h), requested in product(((800, 600), (700, 700), (1000, 1000), (300, 900), (2049, 1537), (511, 4000), (257, 256)),
                                      ((256, 256), (341, 256), (100, 300))):
         data = photo_jpegs(1, w, h)[0]
         im = Image.open(io.BytesIO(data))
         im.draft("RGB", requested)
-        assert draft_size((w, h), requested) == im.size, (w, h, requested)
-        # ... and libjpeg-turbo, asked for that size, decodes at that scale: PIL's draft pixels exactly.
-        assert np.array_equal(decode_rgb_draft(data, Image.open(io.BytesIO(data)), requested), np.asarray(im.convert("RGB")))
+        ours = decode_rgb_draft(data, Image.open(io.BytesIO(data)), requested)
+        assert ours.shape[1::-1] == im.size and np.array_equal(ours, np.asarray(im.convert("RGB"))), (w, h, requested)
     # Stray bytes before the end marker: libjpeg-turbo's strict mode refuses the file, PIL builds it.
     photo = photo_jpegs(1, 800, 600)[0]
     stray = photo[:-2] + b"\x00" * 7 + photo[-2:]

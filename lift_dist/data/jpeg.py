@@ -13,23 +13,15 @@ import simplejpeg
 from PIL import Image
 
 
-def draft_size(size: tuple[int, int], requested: tuple[int, int]) -> tuple[int, int]:
-    """The size PIL's JPEG `draft(mode, requested)` decodes at: the strongest reduction of 1/8, 1/4,
-    1/2 (tried in that order) keeping both sides >= the requested ones, else full size (sides rounded up,
-    as libjpeg does)."""
-    (w, h), (rw, rh) = size, requested
-    s = next((s for s in (8, 4, 2) if min(w // rw, h // rh) >= s), 1)
-    return -(-w // s), -(-h // s)
-
-
 def decode_rgb_draft(data: bytes, header: Image.Image, requested: tuple[int, int]) -> np.ndarray | None:
-    """The pixels of an RGB JPEG (`header`: the file opened by PIL, not yet loaded) at PIL's draft
-    scale for `requested`; None where PIL must decide: other formats and modes, and any file that
+    """The pixels of an RGB JPEG (`header`: the file opened by PIL, not yet loaded; drafted here) at
+    PIL's draft scale for `requested`; None where PIL must decide: other formats and modes, and any file that
     libjpeg-turbo fails on or reports as damaged (its strict mode refuses what PIL may tolerate, and
     PIL's error is the one users see)."""
     if header.format != "JPEG" or header.mode != "RGB":
         return None
-    w, h = draft_size(header.size, requested)
+    header.draft("RGB", requested)  # PIL's choice of DCT scale, nothing decoded yet; PIL's path, if taken, keeps it
+    w, h = header.size
     try:  # asked for PIL's size, libjpeg-turbo decodes at PIL's scale (left to itself it may pick 3/8 or
         # 7/8: no SIMD for those, slower than the power of two)
         return simplejpeg.decode_jpeg(data, "RGB", min_height=h, min_width=w)
