@@ -7,8 +7,10 @@ AdaptFormer, Adapter and prompts stay modules. The network takes images in [0, 1
 resolution, normalises them itself and returns the head's logits. Formats:
 
     safetensors   every tensor, plus the metadata (architecture, classes, preprocessing) in the header;
-                  read back as data (`load_exported`)
-    torchscript   a traced module; the metadata in the archive's extra file `lift_dist.json`
+                  read back as data (`ExportedModel`)
+    torchscript   a traced module; the metadata in the archive's extra file `lift_dist.json`. Read back
+                  (`predict --model`) as data too: its tensors alone, into the architecture its
+                  metadata names (`torch.jit.load` would run the archive's TorchScript)
     onnx          an ONNX graph (batch dimension dynamic); the metadata in its metadata_props
 
 The metadata holds the class names and the preprocessing the run evaluates with (resize, crop,
@@ -34,7 +36,9 @@ from lift_dist.config import ModelConfig
 from lift_dist.engine.evaluate import load_run
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.model import registry
+from lift_dist.model.backbone import first_line
 from lift_dist.model.lift_model import build_model
+from lift_dist.model.torchscript import read_torchscript_state
 from lift_dist.run_dir import RunDir
 from lift_dist.transforms import CLIP_MEAN, CLIP_STD
 
@@ -216,10 +220,8 @@ class ExportedModel:
         self.class_names = self.meta["class_names"]
         if self.format == "onnx":
             self.session = _optional("onnxruntime").InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        elif self.format == "torchscript":
-            self.module = torch.jit.load(str(self.path), map_location=device).eval()
         else:
-            self.module = _rebuild(self.path, self.meta).to(device).eval()
+            self.module = _rebuild(self.path, self.meta, self.format).to(device).eval()
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -228,12 +230,24 @@ class ExportedModel:
         return self.module(images.to(self.device)).float().cpu()
 
 
-def _rebuild(path: Path, meta: dict) -> nn.Module:
+def _read_tensors(path: Path, fmt: str, wrapper: nn.Module) -> dict[str, torch.Tensor]:
+    if fmt == "safetensors":
+        return load_file(str(path))
+    try:
+        state = read_torchscript_state(path)
+    except Exception as e:  # a damaged or foreign archive: BadZipFile, KeyError, ValueError, UnpicklingError
+        raise DataError(f"{path}: its tensors cannot be read as data ({type(e).__name__}: {first_line(e, 200)})") from None
+    # Tracing records non-persistent buffers (e.g. the CLIP normalisation constants) as state; the rebuilt network has its own.
+    derived = {n for n, _ in wrapper.named_buffers()} - set(wrapper.state_dict())
+    return {k: v for k, v in state.items() if k not in derived}
+
+
+def _rebuild(path: Path, meta: dict, fmt: str) -> nn.Module:
     cfg = ModelConfig.model_validate(meta["model"])
     model, clip = build_model(cfg, meta["num_classes"])
     del clip
     wrapper = Classifier(model)
-    state = load_file(str(path))
+    state = _read_tensors(path, fmt, wrapper)
     own = wrapper.state_dict()
     if set(state) != set(own) or any(tuple(state[k].shape) != tuple(own[k].shape) for k in own):
         raise DataError(f"{path}: its tensors do not match the architecture in its own metadata")

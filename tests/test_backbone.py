@@ -1,14 +1,19 @@
 """open_clip backbone loading: activations of OpenAI weights, and bad weights files named in the error."""
 
+import os
+import pickle
+import zipfile
 
 import open_clip
 import pytest
 import torch
+from support.crafted import WritesOnLoad
 from support.runs import run_in_process
 
 from lift_dist.config import load_config
 from lift_dist.errors import LiftError
-from lift_dist.model.backbone import is_torchscript_archive, load_clip, register_builtin_configs, tag_kwargs
+from lift_dist.model.backbone import check_weights, is_torchscript_archive, load_clip, register_builtin_configs, tag_kwargs
+from lift_dist.model.torchscript import read_torchscript_state
 
 
 def test_openai_tag_forces_quickgelu_on_plain_configs():
@@ -73,8 +78,8 @@ def torchscript_archive(tmp_path_factory):
 
 
 def test_openai_torchscript_weights_load_as_data(torchscript_archive):
-    """torch.load(weights_only=True) refuses TorchScript archives; they are read with torch.jit.load on CPU
-    (no Python runs) and only the checked state dict is kept."""
+    """torch.load(weights_only=True) refuses TorchScript archives; their tensors are read as data and
+    checked against the model."""
     path, expected = torchscript_archive
     assert is_torchscript_archive(path)
     with pytest.raises(Exception, match="TorchScript"):
@@ -96,3 +101,51 @@ def test_a_relative_weights_path_is_stored_absolute(torchscript_archive, monkeyp
     monkeypatch.chdir(path.parent)
     cfg = load_config(None, None, ["model.name=tiny", f"model.pretrained={path.name}"])
     assert cfg.model.pretrained == str(path)  # a config.yaml read from elsewhere (predict) still finds it
+
+
+# ---- TorchScript archives are read as data: nothing in them runs -----------------------------------
+
+def test_a_torchscript_archive_that_runs_code_on_load_runs_none_here(tmp_path):
+    target = tmp_path / "written-by-the-archive"
+    path = tmp_path / "evil.pt"
+    torch.jit.script(WritesOnLoad(str(target))).save(str(path))
+    assert is_torchscript_archive(path)
+    check_weights("tiny", str(path))  # a well-formed archive: its data reads
+    with pytest.raises(LiftError, match=rf"weights file {path} does not match the model: \d+ tensor\(s\) missing"):
+        load_clip("tiny", str(path))
+    assert not target.exists()  # torch.jit.load would have written it
+
+
+def test_a_torchscript_archive_naming_other_python_is_refused_by_name(tmp_path, torchscript_archive):
+    """data.pkl may only name tensors and the archive's own classes; os.system is named, and never called."""
+    src, _ = torchscript_archive
+    target = tmp_path / "touched"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {target}",)
+
+    path = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(path, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            zout.writestr(item, pickle.dumps(Payload(), protocol=2) if item.filename.endswith("/data.pkl") else data)
+    for load in (lambda: check_weights("tiny", str(path)), lambda: load_clip("tiny", str(path))):
+        with pytest.raises(LiftError, match=r"it names (posix|os)\.system, which is not tensor data"):
+            load()
+    assert not target.exists()
+
+
+def test_torchscript_state_equals_jit_loads_and_damage_is_named(tmp_path, torchscript_archive):
+    src, _ = torchscript_archive
+    ours = read_torchscript_state(src)
+    theirs = torch.jit.load(str(src), map_location="cpu").state_dict()
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    assert {v.device.type for v in read_torchscript_state(src, load=False).values()} == {"meta"}
+    short = tmp_path / "short.pt"  # one tensor's data cut short
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(short, "w") as zout:
+        cut = next(n for n in zin.namelist() if "/data/" in n and zin.getinfo(n).file_size > 8)
+        for item in zin.infolist():
+            zout.writestr(item, zin.read(item)[:4] if item.filename == cut else zin.read(item))
+    with pytest.raises(LiftError, match=rf"weights file {short} cannot be read .*{cut} holds 4 bytes"):
+        check_weights("tiny", str(short))

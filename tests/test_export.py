@@ -8,11 +8,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from support.crafted import WritesOnLoad
 from support.runs import run_in_process
 
 from lift_dist.config import ModelConfig
 from lift_dist.errors import DataError
-from lift_dist.export import KEPT, Classifier, ExportedModel, exported_model_config, merged, read_metadata
+from lift_dist.export import EXTRA_FILE, KEPT, Classifier, ExportedModel, exported_model_config, merged, read_metadata
 from lift_dist.model.lift_model import build_model
 
 
@@ -96,3 +97,16 @@ def test_every_format_predicts_what_the_run_predicts(trained_run, demo_shards, t
     onnx_logits = ExportedModel(tmp_path / "model.onnx").logits(x)
     torch.testing.assert_close(onnx_logits, ExportedModel(tmp_path / "model.pt").logits(x), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(onnx_logits, ExportedModel(tmp_path / "model.safetensors").logits(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_torchscript_export_is_read_as_data_and_runs_nothing_of_its_own(tmp_path):
+    """predict --model reads a TorchScript export's tensors into the architecture its metadata names:
+    an archive whose TorchScript writes a file on load (torch.jit.load runs it) writes nothing here."""
+    target = tmp_path / "written-by-the-archive"
+    meta = {"model": ModelConfig(name="tiny", peft=["adaptformer"], head_init="random").model_dump(), "num_classes": 3,
+            "class_names": ["a", "b", "c"]}
+    path = tmp_path / "crafted-export.pt"
+    torch.jit.script(WritesOnLoad(str(target))).save(str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
+    with pytest.raises(DataError, match=r"crafted-export.pt: its tensors do not match the architecture in its own metadata"):
+        ExportedModel(path)
+    assert not target.exists()

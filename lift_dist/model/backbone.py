@@ -4,9 +4,9 @@
 and demos; it works wherever a model name does.
 
 Weights files are read as data only: safetensors, `torch.load(weights_only=True)`, or, for OpenAI's
-own TorchScript archives (ViT-B-16.pt from the CLIP release), `torch.jit.load` on CPU, which reads
-the archive's tensors and TorchScript code without running Python, of which only the state dict is
-kept and checked against the model.
+own TorchScript archives (ViT-B-16.pt from the CLIP release), the archive's tensors alone
+(`torchscript.read_torchscript_state`: `torch.jit.load` would run the archive's TorchScript), checked
+against the model.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from lift_dist.errors import ConfigError, LiftError
 from lift_dist.model import registry
+from lift_dist.model.torchscript import read_torchscript_state
 
 _CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
@@ -88,26 +89,35 @@ def check_weights(name: str, pretrained: str) -> None:
     code-carrying file is named in a second even for ViT-L). Shapes are checked at model build."""
     register_builtin_configs()
     name = registry.canonical(name)
-    if not _check_weights_arg(name, pretrained) or is_torchscript_archive(pretrained):
-        return  # a tag; TorchScript archives are only readable by jit.load, at model build
+    if not _check_weights_arg(name, pretrained):
+        return  # a tag
     try:
-        if pretrained.endswith(".safetensors"):
+        if is_torchscript_archive(pretrained):
+            read_torchscript_state(pretrained, load=False)  # structure and sizes; the data is read at model build
+        elif pretrained.endswith(".safetensors"):
             from safetensors import safe_open  # noqa: PLC0415  (only for .safetensors files)
 
             with safe_open(pretrained, "pt") as f:
                 f.keys()
         else:
             torch.load(pretrained, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(pretrained))
-    except Exception as e:  # torch.load's refusals, truncated zips, corrupt headers
+    except Exception as e:  # torch.load's refusals, truncated zips, corrupt headers, a foreign data.pkl
         raise LiftError(f"weights file {pretrained} cannot be read as a checkpoint ({type(e).__name__}: "
-                        f"{str(e).strip().splitlines()[0][:200]}); is it a complete open_clip/OpenAI checkpoint?") from None
+                        f"{first_line(e, 200)}); is it a complete open_clip/OpenAI checkpoint?") from None
+
+
+def first_line(e: BaseException, limit: int) -> str:
+    """An exception's message on one line (some, e.g. a bare KeyError, carry none)."""
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else repr(e))[:limit]
 
 
 def _load_torchscript_weights(model: torch.nn.Module, path: str) -> None:
     try:
-        state = torch.jit.load(path, map_location="cpu").state_dict()
-    except Exception as e:  # a damaged archive raises RuntimeError / ValueError from the C++ reader
-        raise LiftError(f"could not read TorchScript weights file {path}: {str(e).splitlines()[0][:300]}") from None
+        state = read_torchscript_state(path)
+    except Exception as e:  # a damaged or foreign archive: BadZipFile, KeyError, ValueError, UnpicklingError
+        raise LiftError(f"could not read TorchScript weights file {path} ({type(e).__name__}: {first_line(e, 300)}); "
+                        "is it a complete OpenAI/TorchScript CLIP archive?") from None
     own = model.state_dict()
     # Tracing records non-persistent buffers (the text tower's attention mask) as state; they are not weights.
     derived = {n for n, _ in model.named_buffers()} - set(own)
@@ -172,7 +182,7 @@ def _load_file(name: str, path: str, device):
     try:
         open_clip.load_checkpoint(model, path, strict=True, weights_only=True)
     except Exception as e:  # torch.load's refusals, corrupt pickles (UnpicklingError, EOFError), shape mismatches
-        raise LiftError(f"could not load weights file {path} into {name}: {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+        raise LiftError(f"could not load weights file {path} into {name}: {type(e).__name__}: {first_line(e, 300)}. "
                         "Is it a complete, uncorrupted open_clip/OpenAI checkpoint for this architecture?") from None
     return model
 
