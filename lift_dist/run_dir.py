@@ -41,12 +41,42 @@ CHECKPOINTS, LOCK = "checkpoints", "lock"
 LAUNCH_CONFIG = "launch.yaml"
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new entry in `path` durable (file systems that cannot fsync a directory are left be)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_files(folder: Path) -> None:
+    """Flush every file of `folder` (a checkpoint about to be renamed into place) and the folder itself."""
+    for f in Path(folder).iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
+    """`path` holds the old contents or the new, never a part: written aside, flushed to disk, renamed."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
 
 
 def write_json(path: Path, data) -> None:

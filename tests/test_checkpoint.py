@@ -9,6 +9,7 @@ import os
 import pickle
 import random
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +172,35 @@ def test_a_resumed_optimizer_keeps_the_kernels_it_was_built_with(tmp_path):
     checkpoint.load_optimizer_state(resumed, load_state(tmp_path / "optimizer-rank0", like=resumed.state_dict()))
     assert resumed.param_groups[0]["foreach"] is True
     assert torch.equal(resumed.state[params[0]]["momentum_buffer"], old.state[params[0]]["momentum_buffer"])
+
+
+def test_saving_a_step_again_keeps_the_old_copy_until_the_new_one_is_in_place(tmp_path, process_group, monkeypatch):
+    """A stop right after a save (or a resume) saves the same step again. Killed between the two renames,
+    the run must still resume from that step, never start afresh."""
+    run = RunDir(tmp_path / "run")
+    first, model, _ = save_one(run, 10, keep=1)
+    real = os.replace
+
+    def killed_before_the_new_copy_lands(src, dst):
+        if Path(dst) == first:
+            raise KeyboardInterrupt("SIGKILL")
+        return real(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed_before_the_new_copy_lands)
+    with pytest.raises(KeyboardInterrupt):
+        save_one(run, 10, keep=1)
+    monkeypatch.setattr(checkpoint.os, "replace", real)
+    ckpt = checkpoint.resolve(run, "latest", log=lambda msg: None)
+    assert ckpt is not None and ckpt.path.name == first.name + checkpoint.ASIDE
+    assert checkpoint.step_of(ckpt.path) == 10
+    again = save_one(run, 10, keep=1)[0]  # a later save of the step completes, and leaves one copy
+    assert sorted(p.name for p in run.checkpoints.iterdir() if p.is_dir()) == [first.name]
+    assert checkpoint.resolve(run, "latest").path == again == first
+
+
+def test_latest_naming_a_checkpoint_that_is_gone_is_an_error_not_a_fresh_start(tmp_path, process_group):
+    run = RunDir(tmp_path / "run")
+    only, _, _ = save_one(run, 3)
+    shutil.rmtree(only)
+    with pytest.raises(DataError, match=rf"names {only.name}, which is not there \(delete latest to start afresh\)"):
+        checkpoint.resolve(run, "latest")

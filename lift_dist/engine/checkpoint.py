@@ -36,12 +36,15 @@ from safetensors.torch import load_file, save_file
 
 from lift_dist.engine.statefile import load_state, save_state
 from lift_dist.errors import DataError, RunDirError
-from lift_dist.run_dir import RunDir, write_atomic
+from lift_dist.run_dir import RunDir, fsync_dir, fsync_files, write_atomic
 
 FORMAT = 2
 LATEST = "latest"
 TRAINABLE, STATE, MANIFEST = "trainable.safetensors", "state.json", "manifest.json"
 LEGACY_OPTIMIZER = "optimizer-rank0.pt"
+
+
+ASIDE = ".replaced"  # suffix of a step's previous checkpoint while the step is saved again
 
 
 def dir_name(step: int) -> str:
@@ -50,6 +53,7 @@ def dir_name(step: int) -> str:
 
 def step_of(path: Path) -> int | None:
     name = Path(path).name
+    name = name.removesuffix(ASIDE)  # a checkpoint moved aside while its step was saved again: still one
     if not name.startswith("step-") or name.endswith(".tmp"):
         return None
     digits = name[len("step-"):]
@@ -146,7 +150,8 @@ def candidates(run: RunDir) -> list[Path]:
     if not run.checkpoints.is_dir():
         return []
     steps = [(step_of(p), p) for p in run.checkpoints.iterdir() if p.is_dir()]
-    return [p for s, p in sorted((s, p) for s, p in steps if s is not None)[::-1]]
+    steps = [(s, p) for s, p in steps if s is not None]  # of one step, the one in place before the one moved aside
+    return [p for _, p in sorted(steps, key=lambda sp: (sp[0], not sp[1].name.endswith(ASIDE)), reverse=True)]
 
 
 def latest_name(run: RunDir) -> str | None:
@@ -166,7 +171,9 @@ def resolve(run: RunDir, resume: str, log=print) -> Checkpoint | None:
     problems = []
     order = candidates(run)
     if named:
-        order = sorted(order, key=lambda p: p.name != named)  # the named one first, then newest first
+        order = sorted(order, key=lambda p: p.name.removesuffix(ASIDE) != named)  # the named one first, then newest first
+        if not any(p.name.removesuffix(ASIDE) == named for p in order):  # never a silent fresh start
+            problems.append(f"{run.checkpoints / LATEST} names {named}, which is not there (delete {LATEST} to start afresh)")
     for p in order:
         try:
             ckpt = verify(p)
@@ -236,9 +243,18 @@ class Checkpointer:
     def _finish(self, tmp: Path, final: Path) -> None:
         files = {f.name: {"bytes": f.stat().st_size, "sha256": _sha256(f)} for f in sorted(tmp.iterdir()) if f.is_file()}
         write_atomic(tmp / MANIFEST, json.dumps({"format": FORMAT, "files": files}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        fsync_files(tmp)  # on disk before `latest` may name it, and before _prune deletes older ones
+        if final.exists():  # this step saved again (a stop right after a save or a resume): the old copy
+            # stays a candidate, moved aside, until the new one is in place
+            aside = final.with_name(final.name + ASIDE)
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
         write_atomic(self.run.checkpoints / LATEST, final.name + "\n")
         self._prune(final)
 

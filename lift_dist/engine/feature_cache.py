@@ -132,9 +132,10 @@ class FeatureCache:
         fp, lp = self._paths(i)
         if not (fp.is_file() and lp.is_file()):
             return False
-        try:
-            return np.load(lp, mmap_mode="r").shape[0] == self.manifest.shard_samples[i]
-        except (OSError, ValueError):
+        try:  # both files' headers (a damaged features file must be rebuilt, not read by every later run)
+            n = self.manifest.shard_samples[i]
+            return np.load(lp, mmap_mode="r").shape[0] == n and np.load(fp, mmap_mode="r").shape[0] == n
+        except (OSError, ValueError, EOFError):
             return False
 
     def _build(self, model, shards: list[int], resolution: int, d, device: torch.device, precision: str) -> None:

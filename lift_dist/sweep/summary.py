@@ -4,6 +4,7 @@ objective against every searched dimension."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from lift_dist.data.manifest import read_manifest
 from lift_dist.engine.evaluate import evaluate, load_run, precisions
 from lift_dist.errors import DataError
 from lift_dist.predict import pick_device
-from lift_dist.run_dir import RunDir, summary_metrics
+from lift_dist.run_dir import RunDir, summary_metrics, write_atomic
 from lift_dist.sweep.space import SIZE_DIMENSIONS, used_params
 from lift_dist.sweep.trial import METRICS
 
@@ -45,7 +46,10 @@ def trial_rows(grid, space: dict, epochs: int, runs: Path) -> list[dict]:
 
 def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
     rows = trial_rows(grid, space, base.optim.epochs, out / "runs")
-    pq.write_table(pa.table({k: [row[k] for row in rows] for k in rows[0]} if rows else {}), out / "results.parquet")
+    # Every output is written aside and renamed: a sweep stopped while summarising keeps the last complete files.
+    table = io.BytesIO()
+    pq.write_table(pa.table({k: [row[k] for row in rows] for k in rows[0]} if rows else {}), table)
+    write_atomic(out / "results.parquet", table.getvalue())
     done = [r for r in rows if r["status"] == "completed" and r[args.metric] is not None]
     if not done:
         raise DataError(f"no trial completed; see {out / 'tune'}")
@@ -56,7 +60,7 @@ def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
     summary = {"best_trial": best["trial_id"], "metric": args.metric, "validation": {k: best[k] for k in METRICS},
                "params": {k: best[k] for k in space}, "test": test, "trials": len(rows),
                "completed": len(done), "stopped": sum(r["status"] == "stopped" for r in rows)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     plot_results(rows, space, args.metric, out / "metric_vs_params.png")
     return summary
 
@@ -67,7 +71,7 @@ def write_best_config(run_dir: Path, shards: Path, base, path: Path, header: str
     cfg.data.shards, cfg.data.train_split, cfg.data.eval_split = str(shards), base.data.train_split, base.data.eval_split
     cfg.data.tte, cfg.eval_every_epochs, cfg.resume, cfg.out = base.data.tte, 0, None, str(Path("runs/best").absolute())
     cfg.data.resolution = base.data.resolution  # the trial's config.yaml holds the resolved one
-    path.write_text(header + config_yaml(cfg))
+    write_atomic(path, header + config_yaml(cfg))
 
 
 def evaluate_on_test(run_dir: Path, shards: Path, base, device: str = "auto") -> dict:
@@ -110,4 +114,6 @@ def plot_results(rows: list[dict], space: dict, metric: str, path: Path) -> None
         ax.set_ylabel(f"validation {metric}")
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())
