@@ -117,6 +117,11 @@ class ModelConfig(Strict):
     def _has_slot(cls, v: str) -> str:
         if "{}" not in v:
             raise ValueError("the prompt template needs a '{}' where the class name goes")
+        try:  # formatted as head_init does, so that a stray brace is named here, not after the model build
+            v.format("class name")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"the prompt template needs exactly one '{{}}', for the class name, and no other "
+                             f"braces (write a literal brace as '{{{{' or '}}}}'); {type(e).__name__}: {e}") from None
         return v
 
     @model_validator(mode="after")
@@ -282,12 +287,34 @@ class RunConfig(Strict):
 
 # ---- loading --------------------------------------------------------------------------------------
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load, but a key given twice in one mapping is an error (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}'", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str):
+    """YAML data (no Python tags) with duplicate keys refused."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def _merge_file(dst: dict, src: dict, where: str) -> None:
     """A YAML layer: sections merge key by key, every other value replaces what was there."""
     if not isinstance(src, dict):
         raise ConfigError(f"{where} must hold a mapping of settings, got {type(src).__name__}")
     for key, value in src.items():
-        if key in SECTIONS and isinstance(value, dict) and isinstance(dst.get(key), dict):
+        if key in SECTIONS and value is None:
+            continue  # `optim:` with nothing under it
+        if key in SECTIONS and not isinstance(value, dict):  # else a flag such as --lr would rebuild it silently
+            raise ConfigError(f"{where}: {key}={value!r} is not valid: a section is a mapping of settings (e.g. {key}: {{...}})")
+        if key in SECTIONS and isinstance(dst.get(key), dict):
             dst[key].update(value)
         else:
             dst[key] = value
@@ -295,9 +322,9 @@ def _merge_file(dst: dict, src: dict, where: str) -> None:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        raise ConfigError(f"config file {path} " + ("is a directory; give a YAML file" if path.is_dir() else "does not exist"))
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
     except (OSError, UnicodeDecodeError) as e:

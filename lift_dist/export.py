@@ -207,8 +207,11 @@ def read_metadata(path: Path) -> tuple[str, dict]:
             return "onnx", json.loads(props[EXTRA_FILE])
         with safe_open(str(path), framework="pt") as f:
             return "safetensors", json.loads((f.metadata() or {})[EXTRA_FILE])
-    except (KeyError, ValueError, RuntimeError, OSError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path} is not a model written by `lift-dist export` ({type(e).__name__}: {e})") from None
+    except ConfigError:  # onnx missing: the file may be fine
+        raise
+    except Exception as e:  # each reader's own refusal (safetensors' SafetensorError, onnx's DecodeError, ...)
+        raise DataError(f"{path} is not a model written by `lift-dist export` (safetensors, TorchScript or ONNX; "
+                        f"{type(e).__name__}: {first_line(e, 200)})") from None
 
 
 class ExportedModel:

@@ -65,6 +65,21 @@ def _visual_proj(clip_model) -> torch.Tensor:
     return proj.detach().float().cpu()
 
 
+def description_groups(class_names: Sequence[str], descriptions: dict) -> list[list[str]]:
+    """The sentences of each class (looked up by its '_' -> ' ' name, as LIFT does, else as it is); a
+    DataError names the classes without a non-empty list. Checked before the run starts, used by the head init."""
+    groups, missing = [], []
+    for raw in (str(n) for n in class_names):
+        sentences = descriptions.get(_display_name(raw), descriptions.get(raw))
+        if not sentences or not isinstance(sentences, (list, tuple)):
+            missing.append(raw)
+        else:
+            groups.append([str(s) for s in sentences])
+    if missing:
+        raise DataError(f"descriptions lack a non-empty list of sentences for {len(missing)} class(es): {_name_list(missing)}")
+    return groups
+
+
 def semantic_weights(
     clip_model,
     tokenizer,
@@ -115,18 +130,7 @@ def semantic_weights(
     else:
         if descriptions is None:
             raise ConfigError("prompt 'descriptions' needs a dict of sentences per class name")
-        groups, missing = [], []
-        for raw, spaced in zip(names, shown):
-            sentences = descriptions.get(spaced, descriptions.get(raw))  # LIFT looks up the '_' -> ' ' name
-            if not sentences or isinstance(sentences, str):
-                missing.append(raw)
-            else:
-                groups.append([str(s) for s in sentences])
-        if missing:
-            raise DataError(
-                f"descriptions lack a non-empty list of sentences for {len(missing)} class(es): {_name_list(missing)}"
-            )
-        t = per_class_mean(groups)
+        t = per_class_mean(description_groups(names, descriptions))
 
     proj = _visual_proj(clip_model)  # (D_vision, D_embed)
     if t.shape[1] != proj.shape[1]:

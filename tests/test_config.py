@@ -40,6 +40,9 @@ BAD_SETTINGS = [
     ("seed=-1", "seed=-1 is not valid"),
     ("data.train_split=tr-ain", "data.train_split='tr-ain' is not valid: String should match pattern"),
     ("model.template=a photo", "model.template='a photo' is not valid: the prompt template needs a '{}'"),
+    ("model.template=a {} {bad}", "the prompt template needs exactly one '{}', for the class name, and no other braces"),
+    ("model.template=a {} {", "no other braces (write a literal brace as '{{' or '}}'); ValueError: Single '{'"),
+    ("model.template=a {} and {}", "no other braces (write a literal brace as '{{' or '}}'); IndexError"),
     ("data.workers=two", "data.workers='two' is not valid: Input should be a valid integer"),
 ]
 
@@ -68,6 +71,25 @@ def test_bad_config_file(tmp_path):
     f.write_text("optim: {lr: [1\n")
     with pytest.raises(ConfigError, match=f"{f} is not valid YAML"):
         load_config(None, str(f), [])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("optim: {lr: 0.1, lr: 0.2}\n", "duplicate key 'lr'"),
+    ("optim:\n  lr: 0.1\nmodel:\n  r: 4\noptim:\n  epochs: 3\n", "duplicate key 'optim'"),
+    ("optim: 5\n", "optim=5 is not valid: a section is a mapping of settings"),
+    ("model: [lora]\n", "model=['lora'] is not valid: a section is a mapping of settings"),
+])
+def test_a_config_file_that_yaml_would_half_read_is_named(tmp_path, text, message):
+    """YAML keeps the last of two equal keys, and a section given as a scalar was rebuilt from scratch by
+    any flag of that section (--lr): both silently dropped settings."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    for overrides in ([], ["optim.lr=0.3"]):
+        with pytest.raises(ConfigError) as e:
+            load_config(None, str(f), overrides)
+        assert message in str(e.value) and str(f) in str(e.value) and "\n" not in str(e.value)
+    f.write_text("optim:\n")  # an empty section is no section
+    assert load_config(None, str(f), ["optim.lr=0.3"]).optim.lr == 0.3
     f.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping of settings"):
         load_config(None, str(f), [])

@@ -59,6 +59,10 @@ def test_a_file_that_is_not_an_export_is_named(tmp_path):
         read_metadata(plain)
     with pytest.raises(DataError, match=r"exported model .*missing.onnx does not exist"):
         read_metadata(tmp_path / "missing.onnx")
+    for name, data in (("garbage.pt", bytes(range(256)) * 8), ("pickle.safetensors", b"\x80\x04\x95\x05\x00")):
+        (tmp_path / name).write_bytes(data)  # the safetensors reader refuses these with its own exception type
+        with pytest.raises(DataError, match=rf"{name} is not a model written by `lift-dist export` \(safetensors, TorchScript or ONNX"):
+            read_metadata(tmp_path / name)
     scripted = tmp_path / "other.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(scripted))
     with pytest.raises(DataError, match=r"other.pt is not a model written by `lift-dist export`"):

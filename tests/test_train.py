@@ -282,6 +282,30 @@ def test_manifest_shard_mismatch_is_named(demo_shards, tmp_path):
     assert p.returncode == 2 and f"shard {victim} is" in p.stderr and "bytes but its manifest says" in p.stderr, p.stderr
 
 
+def test_descriptions_that_miss_classes_are_named_before_anything_starts(demo_shards, tmp_path):
+    names = read_manifest(demo_shards, "train").class_names
+    desc = tmp_path / "desc.json"
+    desc.write_text(json.dumps({names[0]: ["a sentence"], names[1]: "not a list"}))
+    p = run_in_process("train", "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TINY,
+                       "--set", "model.prompt=descriptions", "--set", f"model.descriptions={desc}")
+    want = f"model.descriptions: {desc}: descriptions lack a non-empty list of sentences for {len(names) - 1} class(es): {names[1]}"
+    assert p.returncode == 2 and want in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "r").exists()  # before the run directory, process group and model build
+
+
+@pytest.mark.parametrize("content, message", [(b"{bad", "is not readable JSON (JSONDecodeError"),
+                                              (b"[1, 2]", "must hold a JSON object (the build's summary), not a list")])
+def test_a_damaged_split_summary_is_named(demo_shards, tmp_path, content, message):
+    bad = tmp_path / "bad"
+    shutil.copytree(demo_shards, bad)
+    (bad / "train-summary.json").write_bytes(content)
+    with pytest.raises(DataError, match=re.escape(f"{bad / 'train-summary.json'} {message}")):
+        read_manifest(bad, "train")
+    p = run_in_process("train", "--shards", str(bad), "--out", str(tmp_path / "r"), *TINY)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(demo_shards, tmp_path):
     run = tmp_path / "nan"

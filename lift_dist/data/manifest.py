@@ -125,7 +125,7 @@ def read_manifest(root, split: str, pipe: str | None = None, retries: int = 3) -
     if not files:
         raise DataError(f"{spath} lists no shards")
     summary_file = location.join(root, f"{split}-summary.json")
-    summary = json.loads(location.read_bytes(summary_file, pipe, retries)) if remote or Path(summary_file).is_file() else {}
+    summary = _read_summary(summary_file, pipe, retries) if remote or Path(summary_file).is_file() else {}
     return Manifest(
         root=root, split=split, class_names=[str(n) for n in classes["name"]],
         train_counts=np.asarray(classes["count"], dtype=np.int64), groups=[str(g) for g in classes["group"]],
@@ -133,6 +133,17 @@ def read_manifest(root, split: str, pipe: str | None = None, retries: int = 3) -
         shard_samples=[int(n) for n in shards["num_samples"]], shard_sha256=[str(s) for s in shards["sha256"]],
         shard_bytes=[int(b) for b in shards["bytes"]], summary=summary,
         extra_class_columns={k: v for k, v in classes.items() if k not in CLASS_COLUMNS}, remote=remote)
+
+
+def _read_summary(path, pipe, retries) -> dict:
+    data = location.read_bytes(path, pipe, retries)
+    try:
+        summary = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path} is not readable JSON ({type(e).__name__}: {e}); rebuild the split or restore the file") from None
+    if not isinstance(summary, dict):
+        raise DataError(f"{path} must hold a JSON object (the build's summary), not a {type(summary).__name__}")
+    return summary
 
 
 def _check_local(root: Path, split: str) -> None:

@@ -162,7 +162,7 @@ def latest_name(run: RunDir) -> str | None:
         return None
 
 
-def resolve(run: RunDir, resume: str, log=print) -> Checkpoint | None:
+def resolve(run: RunDir, resume: str, log=print, what: str = "resume=latest") -> Checkpoint | None:
     """The checkpoint to resume from: `latest` -> the one `latest` names if it verifies, else (saying
     so) the newest complete one; None when the run has none yet. A path must verify itself."""
     if resume != LATEST:
@@ -181,10 +181,10 @@ def resolve(run: RunDir, resume: str, log=print) -> Checkpoint | None:
             problems.append(str(e))
             continue
         if problems:
-            log(f"resume=latest: {problems[0]}; resuming from the newest complete checkpoint {p} instead")
+            log(f"{what}: {problems[0]}; using the newest complete checkpoint {p} instead")
         return ckpt
     if problems:
-        raise DataError(f"resume=latest: no complete checkpoint in {run.checkpoints}; {problems[0]}")
+        raise DataError(f"{what}: no complete checkpoint in {run.checkpoints}; {problems[0]}")
     return None
 
 
@@ -192,7 +192,7 @@ def weights_path(run: RunDir, which: str | None = None) -> Path:
     """The checkpoint whose weights inference uses: `which` (a directory) or the run's latest complete one."""
     if which:
         return verify(Path(which)).path
-    ckpt = resolve(run, LATEST, log=lambda msg: None)
+    ckpt = resolve(run, LATEST, log=lambda msg: None, what="the run's latest checkpoint")
     if ckpt is None:
         raise DataError(f"{run.path} has no checkpoint yet")
     return ckpt.path

@@ -22,6 +22,7 @@ from lift_dist.data.manifest import Manifest, read_manifest
 from lift_dist.engine import checkpoint
 from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError, DataError, RunDirError
+from lift_dist.head_init import description_groups
 from lift_dist.losses import build_loss
 from lift_dist.metrics import cifar100_lt_counts
 from lift_dist.run_dir import RunDir, launch_id
@@ -118,6 +119,10 @@ def check_files(cfg: RunConfig, train: Manifest) -> None:
             raise ConfigError(f"model.descriptions: {path} is not readable JSON ({e})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"model.descriptions: {path} must map class names to lists of sentences")
+        try:
+            description_groups(train.class_names, data)
+        except DataError as e:
+            raise DataError(f"model.descriptions: {path}: {e}") from None
     if cfg.data.feature_cache and Path(cfg.data.feature_cache).exists() and not Path(cfg.data.feature_cache).is_dir():
         raise ConfigError(f"data.feature_cache={cfg.data.feature_cache} exists and is not a directory")
     build_loss(cfg.optim.loss, train.train_counts, scale=cfg.model.scale)  # e.g. LA needs every class present

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from ray import tune
 
+from lift_dist.config import load_yaml
 from lift_dist.errors import ConfigError
 from lift_dist.peft import REGISTRY
 
@@ -39,7 +40,10 @@ def load_space(path: str | None) -> dict:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"space file {p} does not exist")
-        user = yaml.safe_load(p.read_text()) or {}
+        try:
+            user = load_yaml(p.read_text()) or {}
+        except yaml.YAMLError as e:  # also a key given twice
+            raise ConfigError(f"space file {p} is not valid YAML: {' '.join(str(e).split())}") from None
         if not isinstance(user, dict):
             raise ConfigError(f"{p}: the space must be a mapping of key -> {{kind: values}}")
         for k, v in user.items():
