@@ -2,6 +2,8 @@
 
 import os
 import pickle
+import sys
+import types
 import zipfile
 
 import open_clip
@@ -149,3 +151,39 @@ def test_torchscript_state_equals_jit_loads_and_damage_is_named(tmp_path, torchs
             zout.writestr(item, zin.read(item)[:4] if item.filename == cut else zin.read(item))
     with pytest.raises(LiftError, match=rf"weights file {short} cannot be read .*{cut} holds 4 bytes"):
         check_weights("tiny", str(short))
+
+
+def _archive(path, data_pkl: bytes, members: dict[str, bytes] | None = None):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", data_pkl)
+        for name, data in (members or {}).items():
+            z.writestr(f"archive/data/{name}", data)
+    return path
+
+
+def test_crafted_object_graphs_and_tensor_state_are_refused(tmp_path, monkeypatch):
+    """One object referenced many times would make the walk exponential (2^N paths from a 1 KB file), and
+    BUILD on a tensor calls Tensor.__setstate__ (set_, which resizes a storage past the checked sizes)."""
+    module = types.ModuleType("__torch__")  # the archive's class namespace, so that pickle can name M
+    monkeypatch.setitem(sys.modules, "__torch__", module)
+
+    class M:
+        pass
+
+    M.__module__, M.__qualname__, module.M = "__torch__", "M", M
+    root, child = M(), M()
+    child.x = 1
+    root.a, root.b = child, child
+    shared = _archive(tmp_path / "shared.pt", pickle.dumps(root, protocol=2))
+    with pytest.raises(ValueError, match=r"its object at b\. is reached twice"):
+        read_torchscript_state(shared, load=False)
+
+    def tensor(key: bytes) -> bytes:  # _rebuild_tensor_v2(storage key, 0, (1,), (1,)) as the C++ pickler writes it
+        return (b"ctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x00" + key
+                + b"X\x03\x00\x00\x00cpuK\x01tQK\x00K\x01\x85K\x01\x85tR")
+    # {'a': tensor0}, then BUILD on tensor0 with (tensor1, 0, (1000,), (1,)): set_ would grow it to 1000 elements
+    resize = (b"\x80\x02c__torch__\nX\n)\x81}X\x01\x00\x00\x00a" + tensor(b"0") + b"(" + tensor(b"1")
+              + b"K\x00M\xe8\x03\x85K\x01\x85tbsb.")
+    grown = _archive(tmp_path / "grown.pt", resize, {"0": bytes(4), "1": bytes(4)})
+    with pytest.raises(pickle.UnpicklingError, match="it sets the state of a Tensor"):
+        read_torchscript_state(grown)

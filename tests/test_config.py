@@ -9,7 +9,7 @@ import pytest
 import yaml
 from support.runs import run_in_process
 
-from lift_dist.config import RunConfig, config_yaml, load_config
+from lift_dist.config import RunConfig, config_yaml, load_config, load_yaml
 from lift_dist.errors import ConfigError
 
 BAD_SETTINGS = [
@@ -143,3 +143,14 @@ def test_print_config_shows_the_resolved_config():
     assert p.returncode == 0, p.stderr
     printed = yaml.safe_load(p.stdout)
     assert printed["optim"]["lr"] == 0.05 and printed["data"]["augment"] == "mda" and printed["preset"] == "places_lt/lift_plus"
+
+
+def test_yaml_merge_keys_still_work_and_an_unhashable_key_is_named(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("base: &b {lr: 0.5, epochs: 3}\noptim: {<<: *b, lr: 0.2}\n")
+    assert load_yaml(f.read_text())["optim"] == {"lr": 0.2, "epochs": 3}  # an own key overrides a merged one
+    with pytest.raises(ConfigError, match="unknown setting 'base'"):  # merged as safe_load does, then validated
+        load_config(None, str(f), [])
+    f.write_text("? [a]\n: 1\n")
+    with pytest.raises(ConfigError, match="found an unhashable key"):
+        load_config(None, str(f), [])

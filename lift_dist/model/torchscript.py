@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 
@@ -46,7 +47,12 @@ def _first(value, *_):
     return value
 
 
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_) -> torch.Tensor:
+def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, _requires_grad=False, _hooks=None,
+                    metadata=None) -> torch.Tensor:
+    if metadata:  # conj / neg bits: values would differ from what was saved
+        raise ValueError(f"a tensor with metadata {metadata!r:.80}, which weights do not carry")
+    if not isinstance(storage, torch.Tensor):
+        raise ValueError("a tensor without a storage")
     size, stride = tuple(size), tuple(stride)
     if any(s < 0 for s in size + stride) or offset < 0 or len(size) != len(stride):
         raise ValueError(f"a tensor of size {size}, stride {stride}, offset {offset}")
@@ -56,12 +62,24 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *_) -> tor
     return storage.as_strided(size, stride, offset)
 
 
-class _DataUnpickler(pickle.Unpickler):
-    """Resolves only the names a TorchScript data.pkl needs for tensors; anything else is refused by name."""
+class _DataUnpickler(pickle._Unpickler):  # noqa: SLF001  (the Python unpickler: its BUILD can be restricted)
+    """Resolves only the names a TorchScript data.pkl needs for tensors; anything else is refused by name.
+    BUILD may only set a stand-in's state: on a tensor it would call Tensor.__setstate__ (set_, which
+    resizes a storage past the checked sizes)."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
 
     def __init__(self, data: bytes, storage):
         super().__init__(io.BytesIO(data))
         self.storage = storage
+
+    def load_build(self):
+        state, inst = self.stack.pop(), self.stack[-1]
+        if type(inst) is not TorchScriptObject:
+            raise pickle.UnpicklingError(f"it sets the state of a {type(inst).__name__}, which is not one of the archive's objects")
+        inst.__setstate__(state)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
     def find_class(self, module: str, name: str):
         if module == "__torch__" or module.startswith("__torch__."):
@@ -98,6 +116,9 @@ def read_torchscript_state(path: str | Path, load: bool = True) -> dict[str, tor
     with zipfile.ZipFile(path) as z:
         pkl = _data_pickle(z.namelist())
         prefix = pkl[: -len("data.pkl")]
+        order = z.read(f"{prefix}byteorder").strip() if f"{prefix}byteorder" in z.namelist() else sys.byteorder.encode()
+        if order != sys.byteorder.encode():
+            raise ValueError(f"its tensors are {order.decode(errors='replace')[:10]}-endian, this machine is {sys.byteorder}")
         storages: dict[str, torch.Tensor] = {}
 
         def storage(key: str, dtype: torch.dtype, numel: int) -> torch.Tensor:
@@ -112,15 +133,20 @@ def read_torchscript_state(path: str | Path, load: bool = True) -> dict[str, tor
 
         root = _DataUnpickler(z.read(pkl), storage).load()
     state: dict[str, torch.Tensor] = {}
-    _collect(root, "", state)
+    _collect(root, "", state, set())
     return state
 
 
-def _collect(obj, prefix: str, out: dict[str, torch.Tensor]) -> None:
+def _collect(obj, prefix: str, out: dict[str, torch.Tensor], seen: set[int]) -> None:
+    """A module tree: TorchScript pickles each object once, so an object met twice (shared, or a cycle:
+    exponential or endless to walk) is a crafted file."""
     if not isinstance(obj, TorchScriptObject) or not isinstance(obj.state, dict):
         return
+    if id(obj) in seen:
+        raise ValueError(f"its object at {prefix or 'the root'} is reached twice; a module tree has no shared objects")
+    seen.add(id(obj))
     for name, value in obj.state.items():
         if isinstance(value, torch.Tensor):
             out[prefix + str(name)] = value
         else:
-            _collect(value, f"{prefix}{name}.", out)
+            _collect(value, f"{prefix}{name}.", out, seen)
