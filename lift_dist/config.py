@@ -308,7 +308,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_yaml(text: str):
     """YAML data (no Python tags) with duplicate keys refused."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506  (a SafeLoader subclass)
+    # Data only: a SafeLoader subclass builds plain scalars, lists and dicts, and refuses every Python tag.
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506
 
 
 def _merge_file(dst: dict, src: dict, where: str) -> None:

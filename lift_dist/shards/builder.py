@@ -14,7 +14,6 @@ import contextlib
 import json
 import math
 import multiprocessing as mp
-import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,6 +32,7 @@ import lift_dist
 from lift_dist.data import manifest as mf
 from lift_dist.errors import DataError, LiftError
 from lift_dist.lifecycle import die_with_parent
+from lift_dist.run_dir import fsync_dir
 from lift_dist.shards.index import BadItem, SourceIndex, TrainClasses, load_train_classes
 from lift_dist.shards.options import BuildOptions
 from lift_dist.shards.writer import ShardTask, fingerprint, is_temp_of_split, write_atomic, write_shard
@@ -71,19 +71,6 @@ def _clean_split(out: Path, split: str, num_shards: int) -> None:
         idx = mf.shard_index(split, base)
         if idx is not None and idx >= num_shards:
             p.unlink(missing_ok=True)  # from an earlier, larger plan
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---- running shard tasks ----------------------------------------------------------------------
@@ -296,5 +283,5 @@ def _write_manifests(index: SourceIndex, opts: BuildOptions, train: TrainClasses
         "bytes": [records[n]["bytes"] for n in listed],
         "sha256": [records[n]["sha256"] for n in listed],
     }))
-    _fsync_dir(out)
+    fsync_dir(out)
     return summary, listed
