@@ -1,7 +1,9 @@
 """tune/sweep.py: real Ray Tune sweeps of real training runs (local processes or Slurm jobs)."""
 
+import argparse
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -13,8 +15,11 @@ import pytest
 import yaml
 from support.runs import REPO, run_env, run_in_process
 
+from lift_dist.commands import sweep as sweep_command
 from lift_dist.config import load_config
 from lift_dist.errors import ConfigError
+from lift_dist.sweep import driver
+from lift_dist.sweep.identity import claim_identity, sweep_identity
 from lift_dist.sweep.space import SIZE_DIMENSIONS, load_space, size_dimension, used_params
 
 SWEEP = [sys.executable, str(REPO / "tune" / "sweep.py")]
@@ -91,11 +96,75 @@ def test_killed_driver_resumes_and_finishes_every_trial(demo_shards, tmp_path):
     proc.wait()
     subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     assert not (out / "results.parquet").exists()
+    # Ray's experiment state is pickled: a sweep directory one was handed could run code on resume.
+    marker = tmp_path / "ran-code"
+    planted = [out / "tune" / "tuner.pkl", *(out / "tune").glob("*.pkl"), *(out / "tune").glob("*/*.pkl")]
+    for f in planted:
+        f.write_bytes(pickle.dumps(_OpensAFile(str(marker))))
+    configs = {f.name: f.read_text() for f in (out / "trials").glob("*.yaml")}
     sweep(*args, "--resume")
+    assert not marker.exists()
     table = pq.read_table(out / "results.parquet").to_pydict()
-    assert len(table["trial_id"]) == 3 and set(table["status"]) == {"completed"}
+    assert sorted(table["trial_id"]) == ["trial-00000", "trial-00001", "trial-00002"] and set(table["status"]) == {"completed"}
     for p, t in stamps.items():  # trials finished before the kill were not run again
         assert p.stat().st_mtime == t
+    for name, text in configs.items():  # and each trial kept its point of the space (the search is seeded)
+        assert (out / "trials" / name).read_text() == text
+    assert all(json.loads((Path(r) / "metrics.json").read_text())["epochs"] == 2 for r in table["run_dir"])
+
+
+class _OpensAFile:
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def _sweep_args(demo_shards, out, *more):
+    return ["--shards", str(demo_shards), "--out", str(out), "--num-samples", "3", "--scheduler", "fifo", *TINY, *more]
+
+
+def _start_record(args: list[str]) -> dict:
+    """What the driver records when a sweep starts (its steps before the hold-out split and Ray)."""
+    p = argparse.ArgumentParser()
+    sweep_command.add_arguments(p)
+    a = p.parse_args(args)
+    full = driver.base_config(a, Path(a.shards).absolute())
+    return claim_identity(Path(a.out).absolute(), sweep_identity(a, load_space(a.space), full.model_dump(mode="json"),
+                                                                 Path(a.shards).absolute()), resume=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--set", "optim.lr=0.5"], "'training.optim.lr' was 0.02 when the sweep started and is 0.5 now"),
+    (["--num-samples", "4"], "'num_samples' was 3 when the sweep started and is 4 now"),
+    (["--seed", "7"], "'seed' was {seed} when the sweep started and is 7 now"),
+    (["--scheduler", "asha"], "'scheduler' was \"fifo\" when the sweep started and is \"asha\" now"),
+])
+def test_a_resume_that_would_make_other_trials_is_named_before_anything_starts(demo_shards, tmp_path, change, message):
+    out = tmp_path / "sweep"
+    record = _start_record(_sweep_args(demo_shards, out, "--set", "optim.lr=0.02"))
+    assert isinstance(record["seed"], int)  # drawn and recorded: the resumed search samples the same trials
+    before = sorted(p.name for p in out.iterdir())
+    p = run_in_process("sweep", *_sweep_args(demo_shards, out, "--set", "optim.lr=0.02", *change), "--resume")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert message.format(seed=record["seed"]) in p.stderr and "resume with the settings it started with" in p.stderr
+    assert sorted(p.name for p in out.iterdir()) == before == ["sweep.json"]  # no hold-out split, no Ray
+    # The recorded seed is the default of a resume; the unchanged arguments pass the check.
+    assert claim_identity(out, record | {"seed": None}, resume=True) == record
+
+
+def test_a_sweep_directory_is_started_once_and_resumed_only_from_its_record(demo_shards, tmp_path):
+    out = tmp_path / "sweep"
+    p = run_in_process("sweep", *_sweep_args(demo_shards, out), "--resume")
+    assert p.returncode == 2 and "holds no sweep.json to resume from (nothing was started there)" in p.stderr, p.stderr
+    (out / "tune").mkdir(parents=True)  # a sweep of a lift-dist whose resume unpickled Ray's state
+    p = run_in_process("sweep", *_sweep_args(demo_shards, out), "--resume")
+    assert p.returncode == 2 and "it was started by an older lift-dist" in p.stderr, p.stderr
+    (out / "tune").rmdir()
+    _start_record(_sweep_args(demo_shards, out))
+    p = run_in_process("sweep", *_sweep_args(demo_shards, out))
+    assert p.returncode == 2 and f"--out {out} already holds a sweep; add --resume to continue it" in p.stderr, p.stderr
 
 
 @pytest.mark.slow

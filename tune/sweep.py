@@ -2,7 +2,7 @@
 
     python tune/sweep.py --preset places_lt --shards DIR --backend local --num-samples 16 --out SWEEP
     python tune/sweep.py ... --backend slurm --launch "--nodes 2 --gpus-per-node 8 --partition gpu"
-    python tune/sweep.py ... --resume          # after the driver was killed (trusted sweep directories only)
+    python tune/sweep.py ... --resume          # after the driver was killed: the same trials continue
 """
 
 import sys

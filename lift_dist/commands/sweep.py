@@ -34,6 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the random search (reproducible trial configs)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="device of the best run's test evaluation")
     p.add_argument("--resume", action="store_true",
-                   help="resume a killed sweep in --out. Ray restores its experiment state by unpickling it: resume only "
-                        "sweep directories you trust")
+                   help="continue a killed sweep in --out with the same settings: its trials pick up their runs (Ray's "
+                        "pickled state is not read)")
     p.add_argument("train_args", nargs="*", metavar="-- TRAIN-ARGS", help="more `lift-dist train` arguments, after --")

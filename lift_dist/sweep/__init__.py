@@ -5,9 +5,7 @@ learning rate (`lift-dist sweep`, `python tune/sweep.py`).
     holdout   the validation split held out from the training shards (the objective; never the test set)
     trial     one trial = one training run, local process or Slurm job, its config a resolved YAML file
     summary   results.parquet, best.yaml, the best run on the test split, the plot
-
-A sweep directory holds Ray's experiment state, which Ray's `Tuner.restore` (`--resume`) unpickles by
-design: resume only sweep directories you trust (your own).
+    identity  SWEEP/sweep.json: what `--resume` must find unchanged (it never reads Ray's pickled state)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sweep driver: checks, the hold-out split, the Tuner (new or restored), the summary."""
+"""The sweep driver: checks, the sweep's identity, the hold-out split, the Tuner, the summary."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from lift_dist.data.location import is_remote
 from lift_dist.data.manifest import read_manifest
 from lift_dist.errors import ConfigError
 from lift_dist.sweep.holdout import make_holdout
+from lift_dist.sweep.identity import claim_identity, next_experiment_name, sweep_identity
 from lift_dist.sweep.space import load_space, to_tune
 from lift_dist.sweep.summary import plot_results, summarise
 from lift_dist.sweep.trial import METRICS, LiftTrial
@@ -50,27 +51,23 @@ def check_args(args) -> None:
             raise ConfigError(f"{flag} must be >= 1" + (" (0: no limit)" if flag == "--max-concurrent" else ""))
 
 
-def make_tuner(args, space: dict, base: RunConfig, out: Path):
+def make_tuner(args, space: dict, base: RunConfig, out: Path, seed: int):
+    """A new Tune experiment, also for `--resume`: the seeded search gives trial k the same point of the
+    space as before, and the trial carries on from what its run directory holds."""
     param_space = to_tune(space) | {"_base": base.model_dump(mode="json"), "_backend": args.backend, "_metric": args.metric,
                                     "_epochs": base.optim.epochs, "_sweep": str(out), "_launch_args": shlex.split(args.launch),
                                     "_cpus": args.cpus_per_trial}
     trainable = tune.with_resources(LiftTrial, {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    exp = out / "tune"
-    if args.resume:
-        if not tune.Tuner.can_restore(str(exp)):
-            raise ConfigError(f"--resume: no sweep to resume in {exp}")
-        return tune.Tuner.restore(str(exp), trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                  param_space=param_space)
     epochs = base.optim.epochs
     scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=args.grace_period, reduction_factor=2)
                  if args.scheduler == "asha" else FIFOScheduler())
     # The concurrency limit goes to the search algorithm: Tune ignores max_concurrent_trials beside one.
-    search = BasicVariantGenerator(random_state=args.seed, max_concurrent=args.max_concurrent)
+    search = BasicVariantGenerator(random_state=seed, max_concurrent=args.max_concurrent)
     return tune.Tuner(
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(metric=args.metric, mode="max", num_samples=args.num_samples, scheduler=scheduler,
                                     search_alg=search, reuse_actors=True),  # LiftTrial.reset_config
-        run_config=tune.RunConfig(name="tune", storage_path=str(out), stop={"training_iteration": epochs},
+        run_config=tune.RunConfig(name=next_experiment_name(out), storage_path=str(out), stop={"training_iteration": epochs},
                                   failure_config=tune.FailureConfig(max_failures=args.max_failures),
                                   checkpoint_config=tune.CheckpointConfig(checkpoint_frequency=1, num_to_keep=1), verbose=1))
 
@@ -85,11 +82,11 @@ def run_sweep(args) -> dict:
     d = full.data
     for split in (d.train_split, d.eval_split):  # missing shards: fail before any trial
         read_manifest(shards, split, d.shard_pipe, d.shard_retries)
-    out.mkdir(parents=True, exist_ok=True)
+    identity = claim_identity(out, sweep_identity(args, space, full.model_dump(mode="json"), shards), args.resume)
     holdout = make_holdout(shards, out / "data", d.train_split, args.val_per_class, full.seed, d.shard_pipe, d.shard_retries)
     ray.init(num_cpus=args.ray_cpus, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
              configure_logging=False)
-    grid = make_tuner(args, space, base_config(args, shards, holdout), out).fit()
+    grid = make_tuner(args, space, base_config(args, shards, holdout), out, identity["seed"]).fit()
     return summarise(grid, space, args, shards, full, out)
 
 

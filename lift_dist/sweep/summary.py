@@ -21,7 +21,7 @@ from lift_dist.errors import DataError
 from lift_dist.predict import pick_device
 from lift_dist.run_dir import RunDir, summary_metrics, write_atomic
 from lift_dist.sweep.space import SIZE_DIMENSIONS, used_params
-from lift_dist.sweep.trial import METRICS
+from lift_dist.sweep.trial import METRICS, run_name
 
 LOG_DIMENSIONS = ("alpha", "lr", "r")
 
@@ -34,12 +34,12 @@ def trial_rows(grid, space: dict, epochs: int, runs: Path) -> list[dict]:
         m = r.metrics or {}
         status = "error" if r.error else ("completed" if (m.get("training_iteration") or 0) >= epochs else "stopped")
         rows.append({
-            "trial_id": m.get("trial_id"),
+            "trial_id": run_name(str(m.get("trial_id"))),  # the same trial in every run of the driver
             # Dimensions a trial's module does not use are left empty, so plots and tables don't mislead.
             **{k: (used.get(k) if k in SIZE_DIMENSIONS else params.get(k)) for k in space},
             **{k: m.get(k) for k in METRICS}, "epochs_run": m.get("training_iteration"),
             "status": status,  # stopped: the scheduler ended it early
-            "run_dir": str(runs / str(m.get("trial_id"))),
+            "run_dir": str(runs / run_name(str(m.get("trial_id")))),
         })
     return rows
 
@@ -52,7 +52,7 @@ def summarise(grid, space: dict, args, shards: Path, base, out: Path) -> dict:
     write_atomic(out / "results.parquet", table.getvalue())
     done = [r for r in rows if r["status"] == "completed" and r[args.metric] is not None]
     if not done:
-        raise DataError(f"no trial completed; see {out / 'tune'}")
+        raise DataError(f"no trial completed; see the trials' logs in {out / 'runs'}")
     best = max(done, key=lambda r: r[args.metric])
     write_best_config(Path(best["run_dir"]), shards, base, out / "best.yaml",
                       f"# best trial {best['trial_id']}: {args.metric} {best[args.metric]:.4f} on the held-out split\n")

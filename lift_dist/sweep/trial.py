@@ -3,8 +3,10 @@
 The driver resolves every trial's RunConfig (`trial_config`) and writes it to SWEEP/trials/<id>.yaml;
 the training reads that file (a local `python -m lift_dist train --config FILE` process, or a Slurm
 job of the launcher's TrainTask). The trial follows the run's history.jsonl (one validation line per
-epoch) and metrics.json. A retried or restored trial resumes its run from its checkpoint, reattaches
-to its Slurm job if that still runs, and is not run again once finished.
+epoch) and metrics.json. Trial k of a sweep always trains in SWEEP/runs/trial-k: a retried trial, or
+the same trial of a resumed sweep (identity.py), first reports the epochs its run already has, then
+resumes that run from its checkpoint or reattaches to its Slurm job if that still runs; a finished
+run is not trained again.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import submitit
 from ray import tune
 
 from lift_dist.commands import launch as launch_command
-from lift_dist.config import RunConfig, save_config
+from lift_dist.config import RunConfig, load_config, save_config
 from lift_dist.launch import FINAL_STATES, TrainTask, make_executor
 from lift_dist.lifecycle import die_with_parent
 from lift_dist.run_dir import RunDir, write_json
@@ -134,22 +136,31 @@ class SlurmBackend:
             self.job.cancel(check=False)  # the scheduler stopped this trial: free the allocation
 
 
+def run_name(trial_id: str) -> str:
+    """Tune's trial ids are '<random prefix>_<k>' with k counting the trials in the order the seeded search
+    makes them: `trial-<k>` names the same trial in every run of the driver."""
+    return f"trial-{trial_id.rsplit('_', 1)[-1]}"
+
+
 class LiftTrial(tune.Trainable):
     def setup(self, config: dict):
         self.params = {k: v for k, v in config.items() if not k.startswith("_")}
         self.metric, self.epochs = config["_metric"], config["_epochs"]
-        # Runs live under SWEEP/runs/<trial id>, not in Ray's (possibly staged) trial directory.
-        self.run = RunDir(Path(config["_sweep"]) / "runs" / self.trial_id)
-        self.config_file = Path(config["_sweep"]) / "trials" / f"{self.trial_id}.yaml"
+        # Runs live under SWEEP/runs/trial-k, not in Ray's (possibly staged) trial directory.
+        name = run_name(self.trial_id)
+        self.run = RunDir(Path(config["_sweep"]) / "runs" / name)
+        self.config_file = Path(config["_sweep"]) / "trials" / f"{name}.yaml"
+        cfg = trial_config(config["_base"], self.params, self.run.path)
         if not self.config_file.is_file():
             self.config_file.parent.mkdir(parents=True, exist_ok=True)
-            save_config(trial_config(config["_base"], self.params, self.run.path), self.config_file)
+            save_config(cfg, self.config_file)
+        elif load_config(config_file=str(self.config_file)) != cfg:  # sweep.json matched, so the file was edited
+            raise RuntimeError(f"{self.config_file} no longer holds this trial's settings ({self.params}); "
+                               "restore it, or start a new sweep in another --out")
         cpus = max(1, int(config.get("_cpus") or 1))
         self.backend = (SlurmBackend(self.run, config["_launch_args"]) if config["_backend"] == "slurm"
                         else LocalBackend(self.run, cpus))
-        self.reported = 0
-        if not self.run.finished:
-            self.backend.start(self.config_file)
+        self.reported, self.started = 0, False
 
     def step(self) -> dict:
         while True:
@@ -157,7 +168,7 @@ class LiftTrial(tune.Trainable):
             hist = self.run.read_history()
             while self.reported < len(hist) and "eval" not in hist[self.reported]:
                 self.reported += 1  # an epoch without evaluation (the last: metrics.json follows)
-            if self.reported < len(hist):
+            if self.reported < len(hist):  # also the epochs a resumed sweep's run already has: reported again
                 h = hist[self.reported]
                 self.reported += 1
                 return {self.metric: h["eval"][self.metric], "epoch": h["epoch"], "loss": h["loss"], **h["eval"]}
@@ -165,6 +176,10 @@ class LiftTrial(tune.Trainable):
                 m = self.run.read_metrics()
                 return {self.metric: m[self.metric], "epoch": m["epochs"], "loss": hist[-1]["loss"] if hist else None,
                         "done": True, **{k: m[k] for k in METRICS}}
+            if not self.started:  # only now: a scheduler that stops the trial on what was reported starts nothing
+                self.backend.start(self.config_file)
+                self.started = True
+                continue
             if not running:
                 raise RuntimeError(self.backend.failure() or "training ended without metrics")
             time.sleep(0.5)
