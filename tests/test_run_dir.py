@@ -69,6 +69,20 @@ def test_resume_on_other_shards_is_refused_even_at_an_epoch_boundary(finished, t
     assert tree_digest(finished) == before
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--peft", "lora"], 'was trained with another model (model.peft ["adaptformer"] -> ["lora"]); resume with the run\'s own'),
+    (["--set", "model.r=2"], "was trained with another model (model.r null -> 2)"),
+    (["--set", "optim.zero_stage=1"], "was written with optim.zero_stage=0, and this run has 1"),
+])
+def test_a_resume_with_another_model_is_named_before_anything_starts_and_changes_nothing(finished, args, message):
+    before = tree_digest(finished)
+    p, seconds = timed_cli("train", "--config", str(finished / "config.yaml"), "--out", str(finished), "--resume", "latest",
+                           "--set", "optim.epochs=3", *args)
+    assert p.returncode == 2 and message in last_line(p.stderr) and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert seconds < 10, f"the error took {seconds:.1f} s"  # before the process group and the model build
+    assert tree_digest(finished) == before  # config.yaml too
+
+
 def test_damaged_latest_checkpoint_gives_way_to_the_previous_one(finished, tmp_path):
     ckpts = sorted(p for p in (finished / "checkpoints").iterdir() if p.is_dir())
     assert [p.name for p in ckpts] == ["step-00000013", "step-00000026"]

@@ -305,16 +305,41 @@ def load_optimizer_state(optimizer, state) -> None:
 
 
 def check_resumable(ckpt: Checkpoint, signature: dict) -> None:
-    """Refuse a resume on other data at any point, or mid-epoch with another data order / step layout."""
+    """Refuse a resume on other data or another model at any point, one whose optimizer files this world
+    size and ZeRO stage cannot read, or one mid-epoch with another data order / step layout."""
     saved = ckpt.state.get("run") or {}
+    if not isinstance(saved, dict):
+        raise DataError(f"{ckpt.path / STATE}: 'run' must be an object of the run's settings, not {type(saved).__name__}")
     data_keys = ("train_shards", "num_classes", "class_names")
     diff = [k for k in data_keys if k in saved and saved[k] != signature.get(k)]
     if diff:
         raise RunDirError(f"{ckpt.path} was trained on other data ({', '.join(diff)} differ from the shards given now); "
                           "resume with the original shards, or start a new run directory")
+    model_diff = [f"model.{k} {json.dumps(v)} -> {json.dumps(signature['model'].get(k))}"
+                  for k, v in (saved.get("model") or {}).items() if v != signature["model"].get(k)]
+    if model_diff:
+        raise RunDirError(f"{ckpt.path} was trained with another model ({'; '.join(model_diff)}); resume with the run's own "
+                          f"settings (--config {ckpt.path.parents[1] / 'config.yaml'}), or start a new run directory")
+    _check_optimizer_files(ckpt, signature)
     if ckpt.state.get("step_in_epoch", 0) > 0:  # at an epoch boundary nothing can be skipped or repeated
-        diff = [f"{k} {saved[k]} -> {signature[k]}" for k in signature if k not in data_keys and k in saved
+        diff = [f"{k} {saved[k]} -> {signature[k]}" for k in signature if k not in data_keys and k != "model" and k in saved
                 and saved[k] != signature[k]]
         if diff:
             raise RunDirError(f"{ckpt.path} was written mid-epoch by a run with other settings ({'; '.join(diff)}); resuming "
                               "would skip or repeat samples. Resume with the original settings, or start a new run directory")
+
+
+def _check_optimizer_files(ckpt: Checkpoint, signature: dict) -> None:
+    """ZeRO > 0 keeps one optimizer shard per rank: each rank of this run needs its own file."""
+    if ckpt.legacy or "zero_stage" not in signature:
+        return
+    zero, world = signature["zero_stage"], signature["world_size"]
+    saved = (ckpt.state.get("run") or {}).get("zero_stage", zero)
+    if saved != zero:  # the optimizer state of one stage is not laid out as the other's
+        raise RunDirError(f"{ckpt.path} was written with optim.zero_stage={saved}, and this run has {zero}; "
+                          "resume with the original stage, or start a new run directory")
+    for rank in range(world) if zero > 0 else [0]:
+        f = ckpt.path / f"optimizer-rank{rank}.json"
+        if not f.is_file():
+            raise RunDirError(f"{ckpt.path} holds no {f.name}: it was written with another world size or ZeRO stage "
+                              f"(now {world} rank(s), zero_stage {zero}); resume with the original ones")

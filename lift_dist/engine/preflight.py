@@ -152,6 +152,9 @@ def group_counts(cfg: RunConfig, train: Manifest) -> np.ndarray:
     return other.train_counts
 
 
+MODEL_LAYOUT = ("name", "peft", "r", "alpha", "layers", "peft_options", "peft_defaults", "head")
+
+
 def run_signature(cfg: RunConfig, train: Manifest, world: int, micro: int, accum: int) -> dict:
     """What fixes the data and the step layout: a resume under other values would skip or repeat samples."""
     d = cfg.data
@@ -162,6 +165,9 @@ def run_signature(cfg: RunConfig, train: Manifest, world: int, micro: int, accum
         "train_shards": hashlib.sha256("".join(train.shard_sha256).encode()).hexdigest()[:16],
         "num_classes": train.num_classes,
         "class_names": hashlib.sha256("\n".join(train.class_names).encode()).hexdigest()[:16],
+        "zero_stage": cfg.optim.zero_stage,
+        # What decides the trained tensors: a resume under other values could not load them.
+        "model": {k: v for k, v in cfg.model.model_dump(mode="json").items() if k in MODEL_LAYOUT},
     }
 
 

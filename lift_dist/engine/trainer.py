@@ -126,10 +126,7 @@ class Trainer:
         self.precision, self.eval_precision = precisions(cfg, info.device)
         self.groups = [group_of(int(c)) for c in plan.group_counts]
         self.model, self.resolution = build_model_on(cfg, plan, info)
-        cfg.data.resolution = self.resolution  # config.yaml records the resolved resolution
-        if info.is_main:
-            self.run.write_config(cfg)
-            self.run.write_classes(plan.train.class_names, plan.train.train_counts, self.groups, cfg.metrics.groups_from)
+        cfg.data.resolution = self.resolution  # config.yaml records the resolved resolution (written by resume())
         self.params = [p for _, p in self.model.trainable_named_parameters()]
         self.engine = build_engine(self.model, self.params, cfg, plan, self.precision)
         self.loss_fn = build_loss(cfg.optim.loss, torch.as_tensor(plan.train.train_counts), scale=cfg.model.scale).to(info.device)
@@ -159,7 +156,10 @@ class Trainer:
                 grad_scaler(self.engine).load_state_dict(saved["grad_scaler"])
             self.guard.last_good = str(ckpt.path)
             self.log.info(f"resumed from {ckpt.path} at epoch {self.progress.epoch + 1}, step {self.progress.step} of the epoch")
-        if self.info.is_main:
+        if self.info.is_main:  # only now: a resume refused on loading leaves the run's own record as it was
+            cfg, plan = self.cfg, self.plan
+            self.run.write_config(cfg)
+            self.run.write_classes(plan.train.class_names, plan.train.train_counts, self.groups, cfg.metrics.groups_from)
             self.run.trim_history(self.progress.epoch)
 
     def _banner(self) -> None:
