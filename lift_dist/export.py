@@ -39,7 +39,7 @@ from lift_dist.model import registry
 from lift_dist.model.backbone import first_line
 from lift_dist.model.lift_model import build_model
 from lift_dist.model.torchscript import read_torchscript_state
-from lift_dist.run_dir import RunDir
+from lift_dist.run_dir import RunDir, check_output_file
 from lift_dist.transforms import CLIP_MEAN, CLIP_STD
 
 FORMATS = ("safetensors", "torchscript", "onnx")
@@ -148,6 +148,7 @@ def metadata(run: RunDir, cfg, model_cfg: ModelConfig, classes: dict, checkpoint
 def export(run_dir: Path, out: Path, fmt: str, checkpoint: str | None = None) -> dict:
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    out = check_output_file(out, "--out", run=run_dir)
     run = RunDir(run_dir)
     classes = run.read_classes()
     model, cfg = load_run(run.path, checkpoint, num_classes=len(classes["names"]))
@@ -155,7 +156,6 @@ def export(run_dir: Path, out: Path, fmt: str, checkpoint: str | None = None) ->
     model_cfg = exported_model_config(net)
     meta = metadata(run, cfg, model_cfg, classes, str(checkpoint or "latest"))
     wrapper = Classifier(net).eval()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     example = torch.rand(2, 3, meta["input"]["resolution"], meta["input"]["resolution"])

@@ -24,13 +24,14 @@ import torch
 import torch.distributed as dist
 from PIL import Image, ImageOps
 
+from lift_dist.data.location import is_remote
 from lift_dist.data.manifest import read_manifest
 from lift_dist.data.pipeline import FixedEpoch, ShardPlan, ShardStream, loader_batches, make_loader
 from lift_dist.engine.evaluate import load_run, logits_in, precisions, transform_for
 from lift_dist.engine.launcher_env import detect
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.export import ExportedModel
-from lift_dist.run_dir import RunDir
+from lift_dist.run_dir import RunDir, check_output_file
 from lift_dist.shards.images import to_rgb
 from lift_dist.transforms import average_crop_logits, without_normalize
 
@@ -194,6 +195,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("give image files, or --shards DIR (with --out FILE.parquet), not both or neither")
     if args.shards and not args.out:
         raise ConfigError("--shards needs --out FILE.parquet")
+    if args.out:
+        check_output_file(args.out, "--out", run=args.run, shards=None if is_remote(args.shards) else args.shards,
+                          model=args.model)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lift_dist.config import load_config, save_config
-from lift_dist.errors import DataError, RunDirError
+from lift_dist.errors import ConfigError, DataError, RunDirError
 
 CONFIG, LOG, HISTORY, CLASSES, METRICS = "config.yaml", "log.txt", "history.jsonl", "classes.json", "metrics.json"
 PER_CLASS, CONFUSIONS, TENSORBOARD = "per_class.parquet", "confusions.parquet", "tensorboard"
@@ -62,6 +62,33 @@ def fsync_files(folder: Path) -> None:
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
     fsync_dir(folder)
+
+
+RUN_RECORDS = (CONFIG, LOG, HISTORY, CLASSES, METRICS, PER_CLASS, CONFUSIONS, LOCK, LAUNCH_CONFIG)
+SHARD_FILES = ("-shards.parquet", "-classes.parquet", "-summary.json", ".tar")
+
+
+def check_output_file(out: str | os.PathLike, flag: str, run: str | os.PathLike | None = None,
+                      shards: str | os.PathLike | None = None, model: str | os.PathLike | None = None) -> Path:
+    """An output file that replaces nothing it is made from (a run's records or checkpoints, a shard
+    set's manifests and tars, the model file), in a folder that can be written: checked before any work."""
+    out = Path(out).absolute()
+    if out.is_dir():
+        raise ConfigError(f"{flag} {out} is a directory; give the path of a file")
+    where = out.resolve()
+    if run is not None:
+        r = Path(run).resolve()
+        if where.is_relative_to(r / CHECKPOINTS) or where.is_relative_to(r / TENSORBOARD) or (
+                where.parent == r and (where.name in RUN_RECORDS or where.name.startswith("comms-rank"))):
+            raise ConfigError(f"{flag} {out} would replace part of the run {run}; write it outside its records and checkpoints")
+    if shards is not None and where.is_relative_to(Path(shards).resolve()) and (where.exists() or where.name.endswith(SHARD_FILES)):
+        raise ConfigError(f"{flag} {out} would replace a file of the shard set {shards}; write it elsewhere")
+    if model is not None and where == Path(model).resolve():
+        raise ConfigError(f"{flag} {out} is the model file it reads; write it elsewhere")
+    folder = next(p for p in out.parents if p.exists())  # the nearest existing folder: missing ones are made
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {out}: {folder} is not a folder this user can write to")
+    return out
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

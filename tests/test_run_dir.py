@@ -16,7 +16,7 @@ import subprocess
 import time
 
 import pytest
-from support.runs import REPO, TINY, cli_cmd, free_port, last_line, run_cli, run_env, timed_cli, tree_digest
+from support.runs import REPO, TINY, cli_cmd, free_port, last_line, run_cli, run_env, run_in_process, timed_cli, tree_digest
 
 from lift_dist.errors import SECONDARY, RunDirError
 from lift_dist.run_dir import RunLock
@@ -81,6 +81,24 @@ def test_a_resume_with_another_model_is_named_before_anything_starts_and_changes
     assert p.returncode == 2 and message in last_line(p.stderr) and "Traceback" not in p.stderr, p.stderr[-2000:]
     assert seconds < 10, f"the error took {seconds:.1f} s"  # before the process group and the model build
     assert tree_digest(finished) == before  # config.yaml too
+
+
+@pytest.mark.parametrize("command, out, message", [
+    ("export", "checkpoints/step-00000026/trainable.safetensors", "would replace part of the run"),
+    ("export", "config.yaml", "would replace part of the run"),
+    ("export", "metrics.json/model.safetensors", "is not a folder this user can write to"),
+    ("export", "checkpoints", "is a directory; give the path of a file"),
+    ("predict", "SHARDS/test-shards.parquet", "would replace a file of the shard set"),
+    ("predict", "SHARDS/shard-test-000000.tar", "would replace a file of the shard set"),
+    ("predict", "classes.json", "would replace part of the run"),
+])
+def test_an_output_that_would_replace_an_input_is_refused_before_any_work(finished, demo_shards, command, out, message):
+    out = out.replace("SHARDS", str(demo_shards)) if out.startswith("SHARDS") else str(finished / out)
+    before, shards_before = tree_digest(finished), tree_digest(demo_shards)
+    args = ["--shards", str(demo_shards), "--split", "test"] if command == "predict" else ["--format", "safetensors"]
+    p = run_in_process(command, "--run", str(finished), *args, "--out", out)
+    assert p.returncode == 2 and message in last_line(p.stderr) and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert tree_digest(finished) == before and tree_digest(demo_shards) == shards_before
 
 
 def test_damaged_latest_checkpoint_gives_way_to_the_previous_one(finished, tmp_path):
