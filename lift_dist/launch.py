@@ -2,7 +2,7 @@
 
 The training arguments are parsed and checked once, here, before anything is submitted (the same
 checks `lift-dist train` makes, for the job's world size); the resolved configuration is written to
-RUN/launch.yaml and every task trains from that file. One Slurm task per GPU (or T tasks per node on
+RUN/launch-<submission>.yaml (one per submission) and every task trains from that file. One Slurm task per GPU (or T tasks per node on
 CPU clusters); each task reads its rank, world size, local rank and the node list from submitit's
 JobEnvironment, sets MASTER_ADDR to the first node and MASTER_PORT from the job id, and trains with
 `resume=latest`: a requeued job (preemption, time limit, `scontrol requeue`) continues from its newest
@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import submitit
@@ -205,13 +206,12 @@ def submit(args, train_argv: list[str]) -> int:
             return 0
         return start(args, PredictTask(train_argv[1:]))
     cfg = prepare(train_argv, args.nodes * tasks_per_node(args), settings_only=args.dry_run)
-    run = RunDir(cfg.out)
+    run, submission = RunDir(cfg.out), time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     if args.dry_run:
-        print(dry_run_text(args, f"trains from {run.launch_config} (resume: {cfg.resume}; run directory {cfg.out})"))
+        print(dry_run_text(args, f"trains from {run.launch_config(submission)} (resume: {cfg.resume}; run directory {cfg.out})"))
         return 0
     run.create()
-    run.write_launch_config(cfg)
-    return start(args, TrainTask(str(run.launch_config)))
+    return start(args, TrainTask(str(run.write_launch_config(cfg, submission))))
 
 
 def start(args, task) -> int:
@@ -222,6 +222,8 @@ def start(args, task) -> int:
         slurm_msg = next((line for line in msg if "error" in line.lower()), msg[-1] if msg else str(e))
         raise LiftError(f"Slurm rejected the job: {slurm_msg.strip()}") from None
     print(f"submitted job {job.job_id}")
+    if isinstance(task, TrainTask):
+        print(f"  trains from: {task.config_file}")
     print(f"  logs:   {job.paths.stdout} (rank 0), {job.paths.stderr}")
     print(f"  follow: tail -f {job.paths.stdout}" + ("" if args.local else f"   |   squeue -j {job.job_id}"))
     return follow(job, args.local) if args.wait else 0

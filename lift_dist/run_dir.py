@@ -11,7 +11,7 @@
     RUN/checkpoints/         step-XXXXXXXX/ directories and `latest` (lift_dist.engine.checkpoint)
     RUN/comms-rank{r}.json   DeepSpeed's record of collectives (LIFT_DIST_COMMS_LOG=1)
     RUN/lock                 who trains in this directory now (host, pid, launch)
-    RUN/launch.yaml          the resolved config a Slurm job's tasks train from (lift-dist launch)
+    RUN/launch-<id>.yaml     the resolved config a Slurm job's tasks train from, one per submission (lift-dist launch)
 
 Every file is written to a temporary name and renamed, so a reader never sees half a file; every
 file is data (YAML, JSON, Parquet, safetensors), never a pickle.
@@ -38,7 +38,6 @@ from lift_dist.errors import ConfigError, DataError, RunDirError
 CONFIG, LOG, HISTORY, CLASSES, METRICS = "config.yaml", "log.txt", "history.jsonl", "classes.json", "metrics.json"
 PER_CLASS, CONFUSIONS, TENSORBOARD = "per_class.parquet", "confusions.parquet", "tensorboard"
 CHECKPOINTS, LOCK = "checkpoints", "lock"
-LAUNCH_CONFIG = "launch.yaml"
 
 
 def fsync_dir(path: Path) -> None:
@@ -64,7 +63,7 @@ def fsync_files(folder: Path) -> None:
     fsync_dir(folder)
 
 
-RUN_RECORDS = (CONFIG, LOG, HISTORY, CLASSES, METRICS, PER_CLASS, CONFUSIONS, LOCK, LAUNCH_CONFIG)
+RUN_RECORDS = (CONFIG, LOG, HISTORY, CLASSES, METRICS, PER_CLASS, CONFUSIONS, LOCK)
 SHARD_FILES = ("-shards.parquet", "-classes.parquet", "-summary.json", ".tar")
 
 
@@ -79,7 +78,7 @@ def check_output_file(out: str | os.PathLike, flag: str, run: str | os.PathLike 
     if run is not None:
         r = Path(run).resolve()
         if where.is_relative_to(r / CHECKPOINTS) or where.is_relative_to(r / TENSORBOARD) or (
-                where.parent == r and (where.name in RUN_RECORDS or where.name.startswith("comms-rank"))):
+                where.parent == r and (where.name in RUN_RECORDS or where.name.startswith(("comms-rank", "launch-")))):
             raise ConfigError(f"{flag} {out} would replace part of the run {run}; write it outside its records and checkpoints")
     if shards is not None and where.is_relative_to(Path(shards).resolve()) and (where.exists() or where.name.endswith(SHARD_FILES)):
         raise ConfigError(f"{flag} {out} would replace a file of the shard set {shards}; write it elsewhere")
@@ -144,7 +143,6 @@ class RunDir:
     tensorboard_dir = property(lambda self: self.path / TENSORBOARD)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)
     lock_file = property(lambda self: self.path / LOCK)
-    launch_config = property(lambda self: self.path / LAUNCH_CONFIG)
 
     def comms_file(self, rank: int) -> Path:
         return self.path / f"comms-rank{rank}.json"
@@ -164,8 +162,15 @@ class RunDir:
     def write_config(self, cfg) -> None:
         save_config(cfg, self.config)
 
-    def write_launch_config(self, cfg) -> None:
-        save_config(cfg, self.launch_config)
+    def launch_config(self, submission: str) -> Path:
+        return self.path / f"launch-{submission}.yaml"
+
+    def write_launch_config(self, cfg, submission: str) -> Path:
+        """A file of this submission's own: a second launch while the first job still waits in the queue
+        must not change what that job trains (requeues of a job read its file again)."""
+        path = self.launch_config(submission)
+        save_config(cfg, path)
+        return path
 
     def read_config(self):
         if not self.config.is_file():

@@ -12,6 +12,8 @@ import pytest
 from support.data import damaged_copy
 from support.runs import REPO, last_line, run_env, run_in_process
 
+from lift_dist.config import load_config
+
 LAUNCH = [sys.executable, str(REPO / "launch" / "slurm.py")]
 TRAIN = ["--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size", "16", "--set", "model.pretrained=null",
          "--set", "data.tte_expand=8", "--set", "data.shuffle_buffer=50"]
@@ -93,6 +95,28 @@ def test_errors_before_submission(slurm_cluster, demo_shards, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_second_launch_leaves_the_settings_of_a_queued_job_alone(slurm_cluster, demo_shards, tmp_path):
+    # Every node held exclusively: the launched jobs wait in the queue (and take no run-directory lock yet).
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "-N", "4", "--wrap", "sleep 300"], capture_output=True,
+                             text=True, check=True).stdout.strip().split(";")[0]
+    jobs = [blocker]
+    try:
+        files = []
+        for lr in ("0.01", "0.5"):
+            p = launch_checks("--nodes", "4", "--tasks-per-node", "1", "--folder", str(tmp_path / "l" / "%j"), "--",
+                              "--shards", str(demo_shards), "--out", str(tmp_path / "r"), *TRAIN, "--lr", lr)
+            assert p.returncode == 0, p.stderr
+            jobs.append(job_id(p.stdout))
+            files.append(re.search(r"trains from: (\S+)", p.stdout).group(1))
+        states = subprocess.run(["squeue", "-h", "-o", "%T", "-j", ",".join(jobs[1:])], capture_output=True, text=True).stdout.split()
+        assert states == ["PENDING", "PENDING"], states
+        assert files[0] != files[1]
+        assert [load_config(config_file=f).optim.lr for f in files] == [0.01, 0.5]  # the first job still trains at 0.01
+    finally:
+        subprocess.run(["scancel", *jobs], capture_output=True)
+
+
+@pytest.mark.slow
 def test_wait_names_the_failing_ranks_error_and_the_final_state(slurm_cluster, demo_shards, tmp_path):
     def corrupt_first_jpeg(entries):
         first = next(n for n, _ in entries if n.endswith(".jpg"))
@@ -126,7 +150,7 @@ def test_dry_run_prints_the_sbatch_script_without_slurm(tmp_path):
     for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=2", "#SBATCH --partition=debug", "#SBATCH --time=30",
                  "#SBATCH --requeue", "srun --kill-on-bad-exit=1 "):
         assert line in p.stdout, line
-    assert "/runs/r/launch.yaml (resume: latest; run directory /runs/r)" in p.stdout
+    assert re.search(r"trains from /runs/r/launch-[0-9-]+-[0-9a-f]{6}\.yaml \(resume: latest; run directory /runs/r\)", p.stdout)
     assert not (tmp_path / "l").exists()  # nothing submitted, nothing written
     # The settings are checked all the same.
     p = launch_checks("--dry-run", "--", "--preset", "places_lt", "--shards", "/data/s", "--set", "optim.loss=lsa",
