@@ -257,6 +257,8 @@ class RunConfig(Strict):
     @field_validator("out")
     @classmethod
     def _absolute(cls, v):
+        if not v.strip():  # "" would make the current directory the run directory
+            raise ValueError("give a run directory (an empty path means the current directory)")
         return absolute_path(v)
 
     @model_validator(mode="after")

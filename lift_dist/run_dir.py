@@ -201,6 +201,10 @@ class RunDir:
                 if strict:
                     raise DataError(f"{self.history_file} line {i} is not JSON: {e}") from None
                 continue
+            if not isinstance(h, dict) or type(h.get("epoch", 0)) is not int:  # valid JSON, not an epoch record
+                if strict:
+                    raise DataError(f"{self.history_file} line {i} is not an epoch record (an object with an integer 'epoch')")
+                continue
             rows[h.get("epoch", len(rows) + 1)] = h
         return [rows[e] for e in sorted(rows)]
 

@@ -11,8 +11,10 @@ from support.runs import run_in_process
 
 from lift_dist.config import RunConfig, config_yaml, load_config, load_yaml
 from lift_dist.errors import ConfigError
+from lift_dist.run_dir import RunDir
 
 BAD_SETTINGS = [
+    ("out=", "out='' is not valid: give a run directory (an empty path means the current directory)"),
     ("optim.loss=lsa", "optim.loss='lsa' is not valid: Input should be 'la', 'ce'"),
     ("model.peft=[adaptformr]", "model.peft[0]='adaptformr' is not valid: Input should be 'adaptformer'"),
     ("model.scale=0", "model.scale=0 is not valid: Input should be greater than 0"),
@@ -154,3 +156,13 @@ def test_yaml_merge_keys_still_work_and_an_unhashable_key_is_named(tmp_path):
     f.write_text("? [a]\n: 1\n")
     with pytest.raises(ConfigError, match="found an unhashable key"):
         load_config(None, str(f), [])
+
+
+def test_history_lines_that_are_json_but_no_epoch_record_are_skipped_or_named(tmp_path):
+    run = RunDir(tmp_path)
+    run.history_file.write_text('{"epoch": 1, "loss": 2.0}\n[1, 2]\n"x"\n{"epoch": "2"}\n{"epoch": 3, "loss": 1.0}\n')
+    assert [h["epoch"] for h in run.read_history()] == [1, 3]
+    with pytest.raises(Exception, match=r"history.jsonl line 2 is not an epoch record"):
+        run.read_history(strict=True)
+    run.trim_history(1)  # what a resume does: no crash, the good records kept
+    assert [h["epoch"] for h in run.read_history()] == [1]

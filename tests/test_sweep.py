@@ -190,6 +190,12 @@ def test_slurm_backend_runs_trials_as_jobs(slurm_cluster, demo_shards, tmp_path)
         ({"r": {"choice": [0, 4]}}, "'r': sizes must be >= 1"),
         ({"alpha": {"loguniform": [0.01, 2.0]}}, "the sparse fraction must lie in (0, 1]"),
         ({"module": ["adaptformer", "prefix"]}, "unknown module 'prefix'"),
+        ({"lr": {"uniform": ["a", 0.1]}}, "'lr': uniform values must be finite numbers, got ['a', 0.1]"),
+        ({"lr": {"loguniform": [0.001, float("inf")]}}, "'lr': loguniform values must be finite numbers"),
+        ({"r": {"choice": ["a", "b"]}}, "'r': choice values must be whole numbers"),
+        ({"r": {"uniform": [1.5, 7.5]}}, "'r' takes whole sizes: use choice or randint"),
+        ({"module": {"choice": [["lora"]]}}, "'module': choices must be module names"),
+        ({"scale": {"choice": [20, True]}}, "'scale': choice values must be finite numbers"),
     ],
 )
 def test_invalid_space_is_named(tmp_path, space, message):

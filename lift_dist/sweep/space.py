@@ -8,6 +8,7 @@ module it sizes (r to adaptformer/adapter/lora, alpha to sparse, length to vpt-s
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import yaml
@@ -55,12 +56,33 @@ def load_space(path: str | None) -> dict:
     return space
 
 
+INTEGER_DIMENSIONS = ("r", "length")
+
+
+def _is_number(v, integer: bool) -> bool:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return False
+    return isinstance(v, int) if integer else math.isfinite(v)
+
+
 def _check_values(key: str, kind: str, values) -> None:
     if kind == "choice":
         if not isinstance(values, list) or not values:
             raise ConfigError(f"'{key}': choice needs a non-empty list")
-        return
-    if not isinstance(values, list) or len(values) != 2 or not values[0] < values[1]:
+        if key == "module":
+            if not all(isinstance(v, str) for v in values):
+                raise ConfigError(f"'module': choices must be module names, got {values}")
+            return
+    elif not isinstance(values, list) or len(values) != 2:
+        raise ConfigError(f"'{key}': {kind} needs [low, high] with low < high, got {values}")
+    integer = key in INTEGER_DIMENSIONS
+    if key == "module" or (integer and kind in ("uniform", "loguniform")):
+        raise ConfigError(f"'{key}' takes {'names' if key == 'module' else 'whole sizes'}: use choice"
+                          + ("" if key == "module" else " or randint"))
+    if not all(_is_number(v, integer or kind == "randint") for v in values):
+        what = "whole numbers" if integer or kind == "randint" else "finite numbers"
+        raise ConfigError(f"'{key}': {kind} values must be {what}, got {values}")
+    if kind != "choice" and not values[0] < values[1]:
         raise ConfigError(f"'{key}': {kind} needs [low, high] with low < high, got {values}")
     if kind == "loguniform" and values[0] <= 0:
         raise ConfigError(f"'{key}': loguniform needs a positive lower bound, got {values[0]}")
