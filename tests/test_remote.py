@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from support.http_server import ShardServer
@@ -14,6 +17,7 @@ from support.runs import TINY, last_line, latest_checkpoint, latest_weights, run
 from lift_dist.config import load_config
 from lift_dist.data.manifest import read_manifest
 from lift_dist.errors import ConfigError, DataError
+from lift_dist.sweep.holdout import make_holdout
 
 TRAIN = [*TINY, "--epochs", "2", "--batch-size", "16", "--set", "data.tte=false", "--set", "deterministic=true"]
 
@@ -72,6 +76,39 @@ def test_manifests_from_a_url_and_errors_naming_it(demo_shards):
         read_manifest("s3://bucket/shards/", "train", retries=0)
     m = read_manifest(f"file://{demo_shards}", "train")  # file:// is the directory
     assert not m.remote and m.num_samples == 201
+
+
+def test_a_remote_manifest_naming_files_outside_the_copy_is_refused_before_anything_is_written(demo_shards, tmp_path):
+    served = tmp_path / "served"
+    shutil.copytree(demo_shards, served)
+    table = pq.read_table(served / "train-shards.parquet").to_pydict()
+    table["path"][0] = "../../escaped.txt"
+    pq.write_table(pa.table(table), served / "train-shards.parquet")
+    (tmp_path / "escaped.txt").write_text("the user's own file")
+    with ShardServer(served) as srv, pytest.raises(DataError, match=r"train-shards.parquet: row 0 of column 'path' is "
+                                                                    r"'\.\./\.\./escaped.txt'; it must be a relative path"):
+        make_holdout(srv.url, tmp_path / "sweep" / "data", "train", 2, 0, retries=0)
+    assert (tmp_path / "escaped.txt").read_text() == "the user's own file"
+
+
+@pytest.mark.parametrize("file, column, values, message", [
+    ("train-shards.parquet", "num_samples", "null", "row 1 of column 'num_samples' is None; it must be an integer >= 0"),
+    ("train-shards.parquet", "path", "absolute", "row 0 of column 'path' is '/etc/hostname'; it must be a relative path"),
+    ("train-shards.parquet", "path", "twice", "shard 'train-000000.tar' is listed more than once"),
+    ("train-classes.parquet", "count", "negative", "row 0 of column 'count' is -3; it must be an integer >= 0"),
+    ("train-classes.parquet", "label", "text", "row 0 of column 'label' is '0'; it must be an integer >= 0"),
+])
+def test_a_manifest_value_of_the_wrong_type_is_named_with_its_row(demo_shards, tmp_path, file, column, values, message):
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    table = pq.read_table(shards / file).to_pydict()
+    n = len(table[column])
+    table[column] = {"null": pa.array([2] + [None] * (n - 1), pa.int64()), "absolute": ["/etc/hostname"] + table[column][1:],
+                     "twice": [table[column][0]] * n, "negative": [-3] + table[column][1:],
+                     "text": [str(v) for v in table[column]]}[values]
+    pq.write_table(pa.table(table), shards / file)
+    with pytest.raises(DataError, match=re.escape(f"{shards / file}: {message}")):
+        read_manifest(shards, "train")
 
 
 def test_pipe_urls_for_object_storage(demo_shards, tmp_path):

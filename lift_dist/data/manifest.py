@@ -165,7 +165,44 @@ def _read_table(path, pipe: str | None, retries: int, columns: tuple) -> dict:
     missing = [c for c in columns if c not in table]
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}")
+    check_table(path, table)
     return table
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _text(v) -> bool:
+    return isinstance(v, str)
+
+
+def safe_relative(v) -> bool:
+    """A path inside the shard directory: relative, no '..', no empty part (a manifest names its own files)."""
+    if not isinstance(v, str) or not v or "\0" in v or "\\" in v or v.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in v.split("/"))
+
+
+COLUMN_RULES = {  # column -> (test, what is allowed)
+    "path": (safe_relative, "a relative path inside the shard directory (no '..', not absolute)"),
+    "num_samples": (_count, "an integer >= 0"), "bytes": (_count, "an integer >= 0"), "count": (_count, "an integer >= 0"),
+    "sha256": (_text, "a hex string"), "name": (_text, "a string"), "group": (lambda v: v in GROUPS, f"one of {', '.join(GROUPS)}"),
+    "label": (_count, "an integer >= 0"),
+}
+
+
+def check_table(path, table: dict) -> None:
+    """Every value of the manifest's known columns has its type (a null, a string count or a path
+    outside the shard directory is named here, with its row, not met as a traceback later)."""
+    for column, (ok, allowed) in COLUMN_RULES.items():
+        for row, v in enumerate(table.get(column, ())):
+            if not ok(v):
+                raise DataError(f"{path}: row {row} of column '{column}' is {v!r}; it must be {allowed}")
+    paths = table.get("path", [])
+    if len(set(paths)) != len(paths):
+        dup = next(p for i, p in enumerate(paths) if p in paths[:i])
+        raise DataError(f"{path}: shard {dup!r} is listed more than once")
 
 
 # ---- helpers for the shard builder (shards/) and `verify` ----------------------------------------

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from lift_dist.data.location import is_remote, join, read_bytes
-from lift_dist.data.manifest import read_manifest
+from lift_dist.data.manifest import check_table, read_manifest
 from lift_dist.errors import DataError
 from lift_dist.run_dir import write_atomic, write_json
 from lift_dist.shards import BuildOptions, build
@@ -45,7 +45,10 @@ def local_copy(shards: str, split: str, dest: Path, pipe: str | None, retries: i
     dest.mkdir(parents=True, exist_ok=True)
     for name in (f"{split}-classes.parquet", f"{split}-shards.parquet", f"{split}-summary.json"):
         write_atomic(dest / name, read_bytes(join(shards, name), pipe, retries))
-    for name in pq.read_table(dest / f"{split}-shards.parquet").column("path").to_pylist():
+    manifest = dest / f"{split}-shards.parquet"
+    table = pq.read_table(manifest).to_pydict()
+    check_table(join(shards, manifest.name), table)  # its paths stay inside `dest`
+    for name in table.get("path", []):
         if not (dest / name).is_file():
             write_atomic(dest / name, read_bytes(join(shards, name), pipe, retries))
     return dest
