@@ -1,12 +1,16 @@
 """tune/sweep.py: real Ray Tune sweeps of real training runs (local processes or Slurm jobs)."""
 
 import argparse
+import io
 import json
 import os
 import pickle
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -17,8 +21,9 @@ from support.runs import REPO, run_env, run_in_process
 
 from lift_dist.commands import sweep as sweep_command
 from lift_dist.config import load_config
-from lift_dist.errors import ConfigError
+from lift_dist.errors import ConfigError, DataError
 from lift_dist.sweep import driver
+from lift_dist.sweep.holdout import make_holdout
 from lift_dist.sweep.identity import claim_identity, sweep_identity
 from lift_dist.sweep.space import SIZE_DIMENSIONS, load_space, size_dimension, used_params
 
@@ -257,3 +262,21 @@ def test_a_trial_actor_imports_neither_the_trainer_nor_the_driver():
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, env=run_env(), timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("cls", [b"-1", b"10", b"zero"])
+def test_a_shard_label_outside_the_class_table_is_named_by_the_hold_out(demo_shards, tmp_path, cls):
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    shard = shards / "train-000000.tar"
+    with tarfile.open(shard) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    first = next(m for m, _ in members if m.name.endswith(".cls"))
+    with tarfile.open(shard, "w") as t:
+        for m, data in members:
+            data = cls if m is first else data
+            m.size = len(data)
+            t.addfile(m, io.BytesIO(data))
+    key = first.name.removesuffix(".cls")
+    with pytest.raises(DataError, match=re.escape(f"sample '{key}' in {shard}: cls {cls!r} is not a label 0..9")):
+        make_holdout(shards, tmp_path / "sweep" / "data", "train", 2, 0)

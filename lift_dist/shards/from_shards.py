@@ -41,6 +41,15 @@ def shard_members(path: Path) -> list[dict]:
     return list(samples.values())
 
 
+def sample_label(sample: dict, shard, num_classes: int) -> int:
+    """The label a shard sample's `cls` entry gives (ASCII digits, 0..C-1), or a DataError naming the sample."""
+    raw = sample.get("cls")
+    text = raw.decode("ascii", "replace").strip() if isinstance(raw, bytes) else ""
+    if not (text.isascii() and text.isdigit()) or int(text) >= num_classes:
+        raise DataError(f"sample '{sample['key']}' in {shard}: cls {raw!r} is not a label 0..{num_classes - 1}")
+    return int(text)
+
+
 def index_shards(root: str | Path, split: str, keep: Callable[[str, int], bool], train: TrainClasses | None) -> SourceIndex:
     """The samples of `root/{split}` for which keep(key, label) holds, with the split's class table."""
     m = read_manifest(root, split)
@@ -50,7 +59,7 @@ def index_shards(root: str | Path, split: str, keep: Callable[[str, int], bool],
     items, labels = [], []
     for shard in m.shard_files:
         for s in shard_members(shard):
-            label = int(s["cls"].decode("ascii").strip())
+            label = sample_label(s, shard, len(names))
             if keep(s["key"], label):
                 offset, size = s["image"]
                 items.append(Item(s["key"], f"sample '{s['key']}' in {shard}", "member", (str(shard), offset, size), label,

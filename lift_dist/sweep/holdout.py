@@ -19,16 +19,17 @@ from lift_dist.data.manifest import check_table, read_manifest
 from lift_dist.errors import DataError
 from lift_dist.run_dir import write_atomic, write_json
 from lift_dist.shards import BuildOptions, build
-from lift_dist.shards.from_shards import index_shards, shard_members
+from lift_dist.shards.from_shards import index_shards, sample_label, shard_members
 
 DONE = "holdout.json"
 
 
 def choose_validation(root: Path, split: str, val_per_class: int, seed: int) -> set[str]:
     keys_by_class: dict[int, list[str]] = {}
-    for shard in read_manifest(root, split).shard_files:
+    m = read_manifest(root, split)
+    for shard in m.shard_files:
         for s in shard_members(shard):
-            keys_by_class.setdefault(int(s["cls"].decode("ascii").strip()), []).append(s["key"])
+            keys_by_class.setdefault(sample_label(s, shard, m.num_classes), []).append(s["key"])
     rng = random.Random(seed)
     val: set[str] = set()
     for _, keys in sorted(keys_by_class.items()):
