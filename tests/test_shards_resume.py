@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from support.runs import REPO
 
+from lift_dist.errors import DataError
 from lift_dist.shards import build_image_folder, verify
 from lift_dist.shards.synthetic import photo_jpegs
 
@@ -118,3 +119,28 @@ def test_workers_stop_when_the_builder_is_killed(photos, tmp_path):
     written = sorted(out.glob("*.record.json"))
     time.sleep(2)
     assert sorted(out.glob("*.record.json")) == written  # nothing is written any more
+
+
+def test_a_second_build_of_a_split_in_progress_is_refused_and_touches_nothing(photos, tmp_path):
+    out = tmp_path / "out"
+    build_image_folder(photos, out, "train", shard_size=60, resize=64)
+    before = snapshot(out)
+    # A build in progress elsewhere: another process holds the split's lock while it runs.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DataError, match=rf"{out} is being built into by another process; wait for it to finish"):
+            build_image_folder(photos, out, "train", shard_size=30, resize=32)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert snapshot(out) == before
+    assert verify(out) == []
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""

@@ -11,9 +11,11 @@ Order of events, so that a crash at any point leaves nothing that looks complete
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import multiprocessing as mp
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -171,18 +173,43 @@ def build(index_source: Callable[[TrainClasses | None], SourceIndex], opts: Buil
     plus run statistics ('elapsed_s', 'written_shards', 'reused_shards', 'images_per_s')."""
     t0 = time.time()
     opts.validate()
+    return _build(index_source, opts, t0)
+
+
+@contextlib.contextmanager
+def building(out: Path):
+    """One build into a shard directory at a time: a second would delete the first's shards in progress,
+    and its manifests would describe a mix. The lock is the kernel's (flock on the directory itself, so
+    it leaves no file behind, and a killed build holds none)."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(f"{out} is being built into by another process; wait for it to finish, or build into "
+                            "another --out") from None
+        except OSError:  # a file system without flock: unguarded, as before
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def _build(index_source: Callable[[TrainClasses | None], SourceIndex], opts: BuildOptions, t0: float) -> dict:
     out, split = opts.out, opts.split
     train = None if split == "train" else load_train_classes(opts.train_dir, split)
     index = index_source(train)
     bad: list = [tuple(b) for b in index.bad]
     _refuse_a_bad_index(index, opts, bad)
-    records, names = _write_shards(index, opts)
-    shard_bad = [tuple(b) for name in names for b in records[name].get("bad", [])]
-    bad += shard_bad
-    if shard_bad and not opts.skip_bad:
-        report = write_errors(out, split, bad)
-        raise DataError(bad_message(split, bad, report) + " Finished shards are kept; a re-run writes only the rest.")
-    summary, listed = _write_manifests(index, opts, train, records, names, bad)
+    with building(out):
+        records, names = _write_shards(index, opts)
+        shard_bad = [tuple(b) for name in names for b in records[name].get("bad", [])]
+        bad += shard_bad
+        if shard_bad and not opts.skip_bad:
+            report = write_errors(out, split, bad)
+            raise DataError(bad_message(split, bad, report) + " Finished shards are kept; a re-run writes only the rest.")
+        summary, listed = _write_manifests(index, opts, train, records, names, bad)
 
     elapsed = time.time() - t0
     samples = summary["samples"]
