@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -147,6 +148,35 @@ def test_damaged_latest_falls_back_to_the_newest_complete_one(tmp_path, process_
     shutil.rmtree(older)
     with pytest.raises(DataError, match="no complete checkpoint in"):
         checkpoint.resolve(run, "latest")
+
+
+def _edit_json(path, edit):
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("file, edit, message", [
+    ("state.json", lambda d: d.update(global_step="seven"), "state.json: 'global_step' is 'seven'; it must be an integer >= 0"),
+    ("state.json", lambda d: d.update(epoch=-5), "state.json: 'epoch' is -5; it must be an integer >= 0"),
+    ("state.json", lambda d: d.update(step_in_epoch="3"), "state.json: 'step_in_epoch' is '3'; it must be an integer >= 0"),
+    ("state.json", lambda d: d.update(run=[1, 2]), "state.json: 'run' must be an object of the run's settings, not list"),
+    ("rank-0.json", lambda d: d["tree"].pop("rng"), "rank-0.json: 'rng' is not a saved random-generator state"),
+    ("rank-0.json", lambda d: d["tree"]["rng"].update(python=5), "rank-0.json: 'rng' is not a saved random-generator state"),
+    ("manifest.json", lambda d: d["files"].update({"state.json": 1}), "manifest.json is damaged: 'files' must map each file"),
+])
+def test_a_checkpoint_whose_values_have_the_wrong_types_is_damage_and_gives_way(tmp_path, process_group, file, edit, message):
+    run = RunDir(tmp_path / "run")
+    older, _, _ = save_one(run, 2)
+    newest, _, _ = save_one(run, 4)
+    _edit_json(newest / file, edit)
+    if file != "manifest.json":
+        rewrite_manifest(newest)  # the manifest agrees: only the values are wrong
+    notes = []
+    assert checkpoint.resolve(run, "latest", log=notes.append).path == older
+    assert message in notes[0] and "using the newest complete checkpoint" in notes[0]
+    with pytest.raises(DataError, match=re.escape(message)):
+        checkpoint.verify(newest)
 
 
 def test_pruning_never_touches_another_run_or_latest(tmp_path, process_group):

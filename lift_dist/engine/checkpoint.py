@@ -112,6 +112,7 @@ def verify(path: Path) -> Checkpoint:
         raise DataError(f"{manifest_file} is missing: the checkpoint is incomplete") from None
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{manifest_file} is damaged ({type(e).__name__}: {e})") from None
+    _check_manifest_entries(manifest_file, files)
     for name, want in files.items():
         f = path / name
         if not f.is_file():
@@ -124,7 +125,39 @@ def verify(path: Path) -> Checkpoint:
         raise DataError(f"{path / STATE} is not readable JSON ({e})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path / STATE} is not a lift-dist checkpoint state of format {FORMAT}")
+    _check_state(path / STATE, state)
+    for rank_file in sorted(path.glob("rank-*.json")):  # every rank's RNG, before any rank starts
+        saved = load_state(rank_file.with_suffix(""))
+        _check_rng(saved.get("rng") if isinstance(saved, dict) else None, rank_file)
     return Checkpoint(path, state)
+
+
+def _check_manifest_entries(manifest_file: Path, files) -> None:
+    ok = isinstance(files, dict) and all(
+        isinstance(name, str) and "/" not in name and name not in ("", ".", "..") and isinstance(want, dict)
+        and type(want.get("bytes")) is int and isinstance(want.get("sha256"), str) for name, want in files.items())
+    if not ok:
+        raise DataError(f"{manifest_file} is damaged: 'files' must map each file name of the checkpoint to its bytes and sha256")
+
+
+def _check_state(state_file: Path, state: dict) -> None:
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        v = state.get(key)
+        if type(v) is not int or v < 0:
+            raise DataError(f"{state_file}: '{key}' is {v!r}; it must be an integer >= 0")
+    if not isinstance(state.get("run", {}), dict):
+        raise DataError(f"{state_file}: 'run' must be an object of the run's settings, not {type(state['run']).__name__}")
+
+
+def _check_rng(rng, rank_file: Path) -> None:
+    """The saved generator states are applied to throwaway generators: what they refuse is named here."""
+    try:
+        torch.Generator().set_state(rng["torch"])
+        np.random.RandomState().set_state(tuple(rng["numpy"]))
+        py = rng["python"]
+        random.Random().setstate((py[0], tuple(py[1]), py[2]))
+    except Exception as e:  # KeyError, TypeError, IndexError, ValueError, RuntimeError from the generators
+        raise DataError(f"{rank_file}: 'rng' is not a saved random-generator state ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def _legacy(path: Path) -> Checkpoint:
@@ -308,8 +341,6 @@ def check_resumable(ckpt: Checkpoint, signature: dict) -> None:
     """Refuse a resume on other data or another model at any point, one whose optimizer files this world
     size and ZeRO stage cannot read, or one mid-epoch with another data order / step layout."""
     saved = ckpt.state.get("run") or {}
-    if not isinstance(saved, dict):
-        raise DataError(f"{ckpt.path / STATE}: 'run' must be an object of the run's settings, not {type(saved).__name__}")
     data_keys = ("train_shards", "num_classes", "class_names")
     diff = [k for k in data_keys if k in saved and saved[k] != signature.get(k)]
     if diff:
