@@ -29,10 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, PositiveInt, StrictStr
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from lift_dist.config import ModelConfig
+from lift_dist.config import DataConfig, ModelConfig
 from lift_dist.engine.evaluate import load_run
 from lift_dist.errors import ConfigError, DataError
 from lift_dist.model import registry
@@ -41,6 +42,7 @@ from lift_dist.model.lift_model import build_model
 from lift_dist.model.torchscript import read_torchscript_state
 from lift_dist.run_dir import RunDir, check_output_file
 from lift_dist.transforms import CLIP_MEAN, CLIP_STD
+from lift_dist.validation import validate
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 EXTRA_FILE = "lift_dist.json"
@@ -214,12 +216,59 @@ def read_metadata(path: Path) -> tuple[str, dict]:
                         f"{type(e).__name__}: {first_line(e, 200)})") from None
 
 
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")  # keys a later version adds are kept and ignored
+
+
+class _Input(_Open):
+    resolution: PositiveInt
+
+
+TteMode = DataConfig.model_fields["tte_mode"].annotation  # the values training accepts
+Interpolation = DataConfig.model_fields["interpolation"].annotation
+
+
+class _TestTime(_Open):
+    mode: TteMode
+    expand: NonNegativeInt
+    views: PositiveInt
+
+
+class _Preprocessing(_Open):
+    interpolation: Interpolation
+    tte: _TestTime
+
+
+class ExportMetadata(_Open):
+    """What `predict --model` reads from an export's metadata, checked before any model is built."""
+
+    model: ModelConfig
+    num_classes: PositiveInt
+    class_names: list[StrictStr]
+    input: _Input
+    preprocessing: _Preprocessing
+
+
+def check_metadata(path: Path, meta) -> dict:
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: its export metadata is a {type(meta).__name__}, not an object")
+    try:
+        checked = validate(ExportMetadata, meta)
+    except ConfigError as e:
+        raise DataError(f"{path}: export metadata {e}") from None
+    if len(checked.class_names) != checked.num_classes:
+        raise DataError(f"{path}: export metadata class_names holds {len(checked.class_names)} names for "
+                        f"num_classes={checked.num_classes}")
+    return meta
+
+
 class ExportedModel:
     """An exported model ready to run: `logits(images in [0, 1])`, its metadata, its class names."""
 
     def __init__(self, path: Path, device: torch.device = torch.device("cpu")):
         self.path, self.device = Path(path), device
-        self.format, self.meta = read_metadata(self.path)
+        self.format, meta = read_metadata(self.path)
+        self.meta = check_metadata(self.path, meta)
         self.class_names = self.meta["class_names"]
         if self.format == "onnx":
             self.session = _optional("onnxruntime").InferenceSession(str(self.path), providers=["CPUExecutionProvider"])

@@ -4,6 +4,7 @@
 import csv
 import io
 import json
+import re
 
 import pytest
 import torch
@@ -69,6 +70,33 @@ def test_a_file_that_is_not_an_export_is_named(tmp_path):
         read_metadata(scripted)
 
 
+def _valid_meta() -> dict:
+    return {"format": "lift-dist-export", "version": 1, "num_classes": 3, "class_names": ["a", "b", "c"],
+            "model": ModelConfig(name="tiny", pretrained=None, head_init="random").model_dump(mode="json"),
+            "input": {"resolution": 64, "range": [0.0, 1.0]},
+            "preprocessing": {"interpolation": "bilinear", "tte": {"mode": "fivecrop", "expand": 8, "views": 1}}}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("input"), "export metadata input: Field required"),
+    (lambda m: m.update(num_classes="ten"), "export metadata num_classes='ten' is not valid"),
+    (lambda m: m["model"].update(peft=["nope"]), "export metadata model.peft[0]='nope' is not valid"),
+    (lambda m: m.update(class_names=["a"]), "export metadata class_names holds 1 names for num_classes=3"),
+    (lambda m: m["preprocessing"]["tte"].update(mode="spin"), "export metadata preprocessing.tte.mode='spin' is not valid"),
+    (lambda m: m.update(class_names=[1, 2, 3]), "export metadata class_names[0]=1 is not valid"),
+])
+def test_export_metadata_is_checked_before_any_model_is_built(tmp_path, edit, message):
+    meta = _valid_meta()
+    edit(meta)
+    f = tmp_path / "export.safetensors"
+    save_file({"w": torch.zeros(2)}, str(f), metadata={EXTRA_FILE: json.dumps(meta)})
+    with pytest.raises(DataError, match=re.escape(f"{f}: {message}")):
+        ExportedModel(f)
+    save_file({"w": torch.zeros(2)}, str(f), metadata={EXTRA_FILE: json.dumps(_valid_meta())})
+    with pytest.raises(DataError, match="its tensors do not match the architecture in its own metadata"):
+        ExportedModel(f)  # the valid metadata passes; only then are the tensors compared
+
+
 def cli(*args):
     return run_in_process(*args)  # export and single-process predict: no process group, no need of a fresh interpreter
 
@@ -107,8 +135,7 @@ def test_a_torchscript_export_is_read_as_data_and_runs_nothing_of_its_own(tmp_pa
     """predict --model reads a TorchScript export's tensors into the architecture its metadata names:
     an archive whose TorchScript writes a file on load (torch.jit.load runs it) writes nothing here."""
     target = tmp_path / "written-by-the-archive"
-    meta = {"model": ModelConfig(name="tiny", peft=["adaptformer"], head_init="random").model_dump(), "num_classes": 3,
-            "class_names": ["a", "b", "c"]}
+    meta = _valid_meta() | {"model": ModelConfig(name="tiny", peft=["adaptformer"], head_init="random").model_dump()}
     path = tmp_path / "crafted-export.pt"
     torch.jit.script(WritesOnLoad(str(target))).save(str(path), _extra_files={EXTRA_FILE: json.dumps(meta)})
     with pytest.raises(DataError, match=r"crafted-export.pt: its tensors do not match the architecture in its own metadata"):
