@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from support.runs import free_port
 
 from lift_dist.config import OptimConfig, load_config
@@ -177,6 +178,18 @@ def test_a_checkpoint_whose_values_have_the_wrong_types_is_damage_and_gives_way(
     assert message in notes[0] and "using the newest complete checkpoint" in notes[0]
     with pytest.raises(DataError, match=re.escape(message)):
         checkpoint.verify(newest)
+
+
+def test_trained_tensors_holding_nan_are_named_not_used(tmp_path, process_group):
+    run = RunDir(tmp_path / "run")
+    path, _, _ = save_one(run, 2)
+    tensors = load_file(str(path / "trainable.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(path / "trainable.safetensors"))
+    rewrite_manifest(path)
+    with pytest.raises(DataError, match=re.escape(f"trainable.safetensors: tensor {name} holds NaN or infinite values")):
+        checkpoint.load_trainable(path)
 
 
 def test_pruning_never_touches_another_run_or_latest(tmp_path, process_group):

@@ -234,11 +234,16 @@ def weights_path(run: RunDir, which: str | None = None) -> Path:
 def load_trainable(path: Path) -> dict[str, torch.Tensor]:
     f = Path(path) / TRAINABLE
     try:
-        return load_file(str(f))
+        tensors = load_file(str(f))
     except FileNotFoundError:
         raise DataError(f"{f} does not exist") from None
     except Exception as e:
         raise DataError(f"cannot read {f}: {type(e).__name__}: {e}") from None
+    # Training never saves a non-finite step (StepGuard): such values were put there, and would predict NaN.
+    bad = next((k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise DataError(f"{f}: tensor {bad} holds NaN or infinite values; use an earlier checkpoint (--checkpoint DIR)")
+    return tensors
 
 
 # ---- the checkpointer ---------------------------------------------------------------------------
