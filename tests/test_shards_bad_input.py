@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 from itertools import product
 from pathlib import Path
 
@@ -155,6 +157,44 @@ def test_list_file_problems(tmp_path):
     assert err["list.txt:7"].startswith("expected '<relative path> <integer label>'")
     s = build_from_list(tmp_path / "list.txt", img, tmp_path / "names.txt", out, "train", skip_bad=True)
     assert s["samples"] == 2 and s["skipped"] == 5
+
+
+def test_list_file_labels_are_ascii_integers_and_a_non_utf8_file_is_named_with_its_line(tmp_path):
+    (tmp_path / "names.txt").write_text("a_cls a_cls\nb_cls b_cls\n")
+    img = tmp_path / "img"
+    (img / "a").mkdir(parents=True)
+    for i in range(4):
+        (img / "a" / f"{i}.jpg").write_bytes(tiny_jpegs(1, 8)[0])
+    (tmp_path / "list.txt").write_text("a/0.jpg 0\na/1.jpg --1\na/2.jpg \u00b2\na/3.jpg \u0661\n", encoding="utf-8")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"3 bad item\(s\)"):  # '²' and '١' pass str.isdigit(); '--1' passed lstrip('-')
+        build_from_list(tmp_path / "list.txt", img, tmp_path / "names.txt", out, "train")
+    err = errors(out, "train")
+    assert all(err[f"list.txt:{n}"].startswith("expected '<relative path> <integer label>'") for n in (2, 3, 4))
+    (tmp_path / "list.txt").write_bytes("a/0.jpg 0\na/caf\u00e9.jpg 1\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"list file {tmp_path / 'list.txt'} line 2 is not UTF-8 text \(byte 0xe9\)"):
+        build_from_list(tmp_path / "list.txt", img, tmp_path / "names.txt", tmp_path / "out2", "train")
+
+
+@needs_categories
+@pytest.mark.parametrize("edit, message", [
+    (lambda cats: cats[0].update(id="zero"), "category [0] ('{name}') has id 'zero'; ids must be integers"),
+    (lambda cats: cats[0].update(id=0.7), "category [0] ('{name}') has id 0.7; ids must be integers"),
+    (lambda cats: cats[0].update(name=None), "category [0] lacks a 'name' string"),
+    (lambda cats: cats[1].update(id=cats[0]["id"]), "category ids are not unique"),
+])
+def test_category_records_are_checked_in_categories_json_and_in_the_annotations(release, tmp_path, edit, message):
+    name = json.loads((release / "categories.json").read_text())[0]["name"]
+    for source in ("categories.json", "train2018.json"):
+        copy = tmp_path / source.split(".")[0]
+        shutil.copytree(release, copy)
+        if source == "train2018.json":  # the annotation file's own categories, used when there is no categories.json
+            cats = json.loads((copy / "categories.json").read_text())
+            (copy / "categories.json").unlink()
+            edit_json(copy / "train2018.json", lambda d, cats=cats: d.update(categories=cats))
+        edit_json(copy / source, lambda d: edit(d["categories"] if isinstance(d, dict) else d))
+        with pytest.raises(DataError, match=re.escape(f"{copy / source}") + r".*" + re.escape(message.format(name=name))):
+            build_inat2018(copy, tmp_path / f"out-{source}", "train")
 
 
 def test_cli_reports_bad_items_in_one_line_and_skip_bad_succeeds(tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from array import array
+from collections import Counter
 from pathlib import Path
 
 import ijson
@@ -48,22 +49,34 @@ def read_categories(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise DataError(f"categories file {path} does not exist")
     try:
-        cats = json.loads(path.read_text(encoding="utf-8"))
+        cats = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
     if isinstance(cats, dict) and "categories" in cats:
         cats = cats["categories"]
     if not isinstance(cats, list) or not cats:
         raise DataError(f"{path}: expected a non-empty list of categories")
+    return checked_categories(cats, str(path), default_ids=True)
+
+
+def checked_categories(cats: list, where: str, default_ids: bool = False) -> list[dict]:
+    """Category records sorted by id; each needs an integer id (its position when `default_ids` and it has
+    none) and a string name, and ids are unique."""
     out = []
     for i, c in enumerate(cats):
-        if not isinstance(c, dict) or "name" not in c:
-            raise DataError(f"{path}: category [{i}] lacks a 'name'")
-        out.append(dict(c, id=int(c.get("id", i))))
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise DataError(f"{where}: category [{i}] lacks a 'name' string")
+        cid = c.get("id", i if default_ids else None)
+        if type(cid) is not int:
+            raise DataError(f"{where}: category [{i}] ({c['name']!r}) has id {cid!r}; ids must be integers")
+        out.append(dict(c, id=cid))
     out.sort(key=lambda c: c["id"])
     ids = [c["id"] for c in out]
     if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: category ids are not unique")
+        dup = next(x for x, n in Counter(ids).items() if n > 1)
+        raise DataError(f"{where}: category ids are not unique (e.g. {dup})")
     return out
 
 
@@ -261,7 +274,7 @@ def _categories(c: _Compact, cat_file: Path, given: bool, annotations: Path, roo
     elif c.json_categories:
         if level != "species":
             raise ConfigError(f"level '{level}' needs the taxonomy in categories.json, which is not in {root} (pass --categories FILE)")
-        cats = sorted((dict(x, id=int(x["id"])) for x in c.json_categories), key=lambda x: x["id"])
+        cats = checked_categories(c.json_categories, f"{annotations} 'categories'")
     else:
         raise DataError(f"no categories: {cat_file} does not exist and {annotations} has no 'categories'")
     c.json_categories = []

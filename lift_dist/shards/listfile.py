@@ -4,6 +4,7 @@ a class-names file (`classnames.txt` or an iNaturalist categories.json)."""
 from __future__ import annotations
 
 import os
+import re
 from array import array
 from pathlib import Path
 
@@ -23,6 +24,17 @@ from lift_dist.shards.index import (
     unsafe_path_reason,
 )
 
+LABEL = re.compile(r"-?[0-9]+")  # ASCII digits only: str.isdigit() also takes '²' and '١'
+
+
+def utf8_lines(path: Path, what: str) -> list[str]:
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8").split("\n")  # not splitlines(): it also breaks at \\x1c, \\u2028, ...
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{what} {path} line {line} is not UTF-8 text (byte {data[e.start]:#04x}); save it as UTF-8") from None
+
 
 def read_class_names(path: str | os.PathLike) -> ClassTable:
     """`classnames.txt` (`<folder-or-wnid> <name words...>` per line; the name is everything after the
@@ -33,13 +45,12 @@ def read_class_names(path: str | os.PathLike) -> ClassTable:
     if path.suffix == ".json":
         return taxonomy_classes(read_categories(path), "species", "original")
     folders, names = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            parts = line.strip().split(None, 1)
-            if not parts:
-                continue
-            folders.append(parts[0])
-            names.append(parts[1].strip() if len(parts) > 1 else parts[0])
+    for line in utf8_lines(path, "class names file"):
+        parts = line.strip().split(None, 1)
+        if not parts:
+            continue
+        folders.append(parts[0])
+        names.append(parts[1].strip() if len(parts) > 1 else parts[0])
     if not names:
         raise DataError(f"class names file {path} is empty")
     return ClassTable(names, {"folder": folders})
@@ -58,29 +69,28 @@ def index_list(list_file: str | os.PathLike, image_root: str | os.PathLike, clas
     num_classes = len(classes)
     paths, labels, lines, bad = StringTable(), array("q"), array("q"), []
     first_line: dict[str, int] = {}
-    with open(list_file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            text = line.strip()
-            if not text:
-                continue
-            parts = text.rsplit(None, 1)
-            where = f"{list_file.name}:{lineno}"
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                bad.append(BadItem(where, f"expected '<relative path> <integer label>', got {text[:80]!r}"))
-                continue
-            rel, label = parts[0], int(parts[1])
-            reason = unsafe_path_reason(rel)
-            if reason is None and not 0 <= label < num_classes:
-                reason = f"unknown category: label {label} is outside 0..{num_classes - 1} of {Path(class_names_file).name}"
-            if reason is None and rel in first_line:
-                reason = f"duplicate image id: {rel} is already listed on line {first_line[rel]}"
-            if reason is not None:
-                bad.append(BadItem(f"{where} {rel}", reason))
-                continue
-            first_line[rel] = lineno
-            paths.append(rel)
-            labels.append(label)
-            lines.append(lineno)
+    for lineno, line in enumerate(utf8_lines(list_file, "list file"), 1):
+        text = line.strip()
+        if not text:
+            continue
+        parts = text.rsplit(None, 1)
+        where = f"{list_file.name}:{lineno}"
+        if len(parts) != 2 or not LABEL.fullmatch(parts[1]):
+            bad.append(BadItem(where, f"expected '<relative path> <integer label>', got {text[:80]!r}"))
+            continue
+        rel, label = parts[0], int(parts[1])
+        reason = unsafe_path_reason(rel)
+        if reason is None and not 0 <= label < num_classes:
+            reason = f"unknown category: label {label} is outside 0..{num_classes - 1} of {Path(class_names_file).name}"
+        if reason is None and rel in first_line:
+            reason = f"duplicate image id: {rel} is already listed on line {first_line[rel]}"
+        if reason is not None:
+            bad.append(BadItem(f"{where} {rel}", reason))
+            continue
+        first_line[rel] = lineno
+        paths.append(rel)
+        labels.append(label)
+        lines.append(lineno)
     del first_line
 
     def make_item(i: int) -> Item:
