@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import re
 import shutil
+import tarfile
 from itertools import product
 from pathlib import Path
 
@@ -391,3 +393,31 @@ def test_cifar_archive_too_small_for_the_imbalance_is_refused(tmp_path):
                                         r"archive has 10: use the complete cifar-100-python.tar.gz \(500 per class\), or --balanced"):
         build_cifar100(archive, tmp_path / "out", "train", imbalance=100)
     assert build_cifar100(archive, tmp_path / "out", "train", imbalance=None, shard_size=500)["samples"] == 1000
+
+
+def _rewrite_cifar_member(archive: Path, member: str, edit) -> None:
+    """The archive again with one pickle changed by `edit` (what a damaged or foreign archive holds)."""
+    with tarfile.open(archive) as t:
+        members = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+    name = next(n for n in members if n.endswith(f"/{member}"))
+    members[name] = pickle.dumps(edit(pickle.loads(members[name], encoding="bytes")), protocol=2)
+    with tarfile.open(archive, "w:gz") as t:
+        for n, data in members.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("member, edit, message", [
+    ("train", lambda d: list(d), "its 'train' pickle is a list, not the CIFAR dict"),
+    ("meta", lambda d: 5, "its 'meta' pickle is a int, not the CIFAR dict"),
+    ("train", lambda d: d | {b"fine_labels": [0.5] * len(d[b"fine_labels"])}, "'train' fine_labels must be a list of integers"),
+    ("train", lambda d: d | {b"fine_labels": [None] * len(d[b"fine_labels"])}, "'train' fine_labels must be a list of integers"),
+    ("train", lambda d: d | {b"data": d[b"data"].astype(np.int64) + 200}, "'train' data must be pixels 0..255 (uint8)"),
+    ("meta", lambda d: d | {b"fine_label_names": [1, 2]}, "'fine_label_names' must be a list of names"),
+])
+def test_a_cifar_archive_of_the_wrong_structure_is_named_not_converted(tmp_path, member, edit, message):
+    archive = write_cifar100(tmp_path / "cifar-100-python.tar.gz", train_per_class=2, test_per_class=1)
+    _rewrite_cifar_member(archive, member, edit)
+    with pytest.raises(DataError, match=re.escape(f"{archive}: {message}")):
+        build_cifar100(archive, tmp_path / "out", "train", imbalance=None)

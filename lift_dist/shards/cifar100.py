@@ -49,6 +49,28 @@ def _load_member(tar: tarfile.TarFile, archive: Path, name: str) -> dict:
         raise DataError(f"{archive}: '{member.name}' cannot be read as a CIFAR pickle ({e})") from None
 
 
+def _arrays(archive: Path, split: str, meta, part) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names, uint8 pixels and integer labels, each checked for its type (not converted by force:
+    float labels would be truncated, out-of-range pixels wrapped)."""
+    for what, d in (("meta", meta), (split, part)):
+        if not isinstance(d, dict):
+            raise DataError(f"{archive}: its '{what}' pickle is a {type(d).__name__}, not the CIFAR dict")
+    try:
+        raw_names, raw_data, raw_targets = meta[b"fine_label_names"], part[b"data"], part[b"fine_labels"]
+    except KeyError as e:
+        raise DataError(f"{archive}: CIFAR pickle lacks {e.args[0]!r}") from None
+    if not isinstance(raw_names, list | tuple) or not all(isinstance(n, bytes | str) for n in raw_names):
+        raise DataError(f"{archive}: 'fine_label_names' must be a list of names")
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in raw_names]
+    data, targets = np.asarray(raw_data), np.asarray(raw_targets)
+    if data.dtype != np.uint8 and not (data.dtype.kind in "iu" and (data.size == 0 or 0 <= data.min() <= data.max() <= 255)):
+        raise DataError(f"{archive}: '{split}' data must be pixels 0..255 (uint8), not {data.dtype}"
+                        + (f" values {data.min()}..{data.max()}" if data.dtype.kind in "iu" else ""))
+    if targets.dtype.kind not in "iu" or targets.ndim != 1:
+        raise DataError(f"{archive}: '{split}' fine_labels must be a list of integers (got {targets.dtype}, shape {targets.shape})")
+    return names, data.astype(np.uint8, copy=False), targets.astype(np.int64)
+
+
 def long_tail_counts(imbalance: float, img_max: int = IMG_MAX, num_classes: int = NUM_CLASSES) -> list[int]:
     return cifar100_lt_counts(imbalance, img_max, num_classes)
 
@@ -87,12 +109,7 @@ def index_cifar100(archive: str | os.PathLike, split: str, *, imbalance: float |
             part = _load_member(tar, archive, MEMBERS[split])
     except tarfile.TarError as e:
         raise DataError(f"{archive} is not a readable tar archive ({e})") from None
-    try:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"fine_label_names"]]
-        data = np.asarray(part[b"data"], dtype=np.uint8)
-        targets = np.asarray(part[b"fine_labels"], dtype=np.int64)
-    except KeyError as e:
-        raise DataError(f"{archive}: CIFAR pickle lacks {e.args[0]!r}") from None
+    names, data, targets = _arrays(archive, split, meta, part)
     if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(targets):
         raise DataError(f"{archive}: '{split}' data has shape {data.shape}, expected (N, 3072) with N = {len(targets)} labels")
     if len(targets) and not (0 <= targets.min() and targets.max() < len(names)):
