@@ -25,7 +25,7 @@ from ray import tune
 
 from lift_dist.commands import launch as launch_command
 from lift_dist.config import RunConfig, load_config, save_config
-from lift_dist.launch import FINAL_STATES, TrainTask, make_executor
+from lift_dist.launch import FINAL_STATES, TrainTask, final_state, first_task_error, make_executor
 from lift_dist.lifecycle import die_with_parent
 from lift_dist.run_dir import RunDir, write_json
 from lift_dist.sweep.space import used_params
@@ -109,8 +109,14 @@ class SlurmBackend:
         not): a second job would train into the same run directory."""
         if not self.record.is_file():
             return False
-        rec = json.loads(self.record.read_text())
-        job = submitit.SlurmJob(folder=rec["folder"], job_id=rec["job_id"])
+        try:
+            rec = json.loads(self.record.read_text())
+            folder, job_id = Path(rec["folder"]), str(rec["job_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # not a record this backend wrote: submit afresh
+        if not job_id.isdigit() or not folder.resolve().is_relative_to(self.run.path.resolve()):
+            return False
+        job = submitit.SlurmJob(folder=str(folder), job_id=job_id)
         state = str(job.state).split(" ")[0]  # e.g. "CANCELLED by 0"
         if state not in FINAL_STATES and state != "UNKNOWN":
             self.job = job
@@ -123,13 +129,14 @@ class SlurmBackend:
         return self.job is not None and not self.job.done()
 
     def failure(self) -> str | None:
+        """Read from Slurm's state and the tasks' text logs, never from submitit's pickled result file
+        (the job folder lies in a run directory, which could have been handed over)."""
         if self.job is None:
             return None
-        try:
-            self.job.result()
+        state, error = final_state(self.job), first_task_error(self.job, settle_s=5)
+        if state == "COMPLETED" and error is None:
             return None
-        except Exception as e:
-            return f"Slurm job {self.job.job_id} failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}"
+        return f"Slurm job {self.job.job_id} ended {state}: {error or 'see ' + str(self.job.paths.stderr)}"
 
     def stop(self) -> None:
         if self.running():
