@@ -1,6 +1,6 @@
 """One sweep trial: an ordinary training run, each Tune iteration one of its epochs.
 
-The driver resolves every trial's RunConfig (`trial_config`) and writes it to SWEEP/trials/<id>.yaml;
+The driver resolves every trial's RunConfig (`trial_config`) and writes it to SWEEP/trials/trial-k.yaml;
 the training reads that file (a local `python -m lift_dist train --config FILE` process, or a Slurm
 job of the launcher's TrainTask). The trial follows the run's history.jsonl (one validation line per
 epoch) and metrics.json. Trial k of a sweep always trains in SWEEP/runs/trial-k: a retried trial, or
