@@ -80,7 +80,7 @@ def check_output_file(out: str | os.PathLike, flag: str, run: str | os.PathLike 
         if where.is_relative_to(r / CHECKPOINTS) or where.is_relative_to(r / TENSORBOARD) or (
                 where.parent == r and (where.name in RUN_RECORDS or where.name.startswith(("comms-rank", "launch-")))):
             raise ConfigError(f"{flag} {out} would replace part of the run {run}; write it outside its records and checkpoints")
-    if shards is not None and where.is_relative_to(Path(shards).resolve()) and (where.exists() or where.name.endswith(SHARD_FILES)):
+    if shards is not None and where.is_relative_to(Path(shards).resolve()) and where.name.endswith(SHARD_FILES):
         raise ConfigError(f"{flag} {out} would replace a file of the shard set {shards}; write it elsewhere")
     if model is not None and where == Path(model).resolve():
         raise ConfigError(f"{flag} {out} is the model file it reads; write it elsewhere")

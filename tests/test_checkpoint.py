@@ -24,7 +24,7 @@ from lift_dist.engine import checkpoint
 from lift_dist.engine.checkpoint import Checkpointer
 from lift_dist.engine.optimizer import build_optimizer
 from lift_dist.engine.statefile import load_state, save_state
-from lift_dist.errors import DataError
+from lift_dist.errors import DataError, RunDirError
 from lift_dist.model.lift_model import build_model
 from lift_dist.run_dir import RunDir
 
@@ -247,3 +247,13 @@ def test_latest_naming_a_checkpoint_that_is_gone_is_an_error_not_a_fresh_start(t
     shutil.rmtree(only)
     with pytest.raises(DataError, match=rf"names {only.name}, which is not there \(delete latest to start afresh\)"):
         checkpoint.resolve(run, "latest")
+
+
+def test_zero_optimizer_shards_of_another_world_size_are_named_before_anything_starts(tmp_path):
+    for r in range(2):
+        (tmp_path / f"optimizer-rank{r}.json").write_text("{}")
+    ckpt = checkpoint.Checkpoint(tmp_path, {"epoch": 1, "step_in_epoch": 0, "global_step": 4,
+                                            "run": {"zero_stage": 1, "world_size": 2}})
+    checkpoint.check_resumable(ckpt, {"zero_stage": 1, "world_size": 2, "model": {}})
+    with pytest.raises(RunDirError, match=r"holds the ZeRO-1 optimizer shards of 2 rank\(s\), and this run has 1; resume with 2"):
+        checkpoint.check_resumable(ckpt, {"zero_stage": 1, "world_size": 1, "model": {}})

@@ -167,7 +167,12 @@ def test_a_sweep_directory_is_started_once_and_resumed_only_from_its_record(demo
     p = run_in_process("sweep", *_sweep_args(demo_shards, out), "--resume")
     assert p.returncode == 2 and "it was started by an older lift-dist" in p.stderr, p.stderr
     (out / "tune").rmdir()
-    _start_record(_sweep_args(demo_shards, out))
+    first = _start_record(_sweep_args(demo_shards, out))
+    # A driver that stopped before any trial (at the hold-out, say) may start again, with other settings.
+    second = _start_record(_sweep_args(demo_shards, out, "--num-samples", "4"))
+    assert (first["num_samples"], second["num_samples"]) == (3, 4)
+    assert "out" not in second["training"] and "resume" not in second["training"]  # the driver's cwd shapes no trial
+    (out / "runs").mkdir()  # once a trial has run, the sweep is only ever resumed
     p = run_in_process("sweep", *_sweep_args(demo_shards, out))
     assert p.returncode == 2 and f"--out {out} already holds a sweep; add --resume to continue it" in p.stderr, p.stderr
 

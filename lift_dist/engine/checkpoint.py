@@ -374,6 +374,10 @@ def _check_optimizer_files(ckpt: Checkpoint, signature: dict) -> None:
     if saved != zero:  # the optimizer state of one stage is not laid out as the other's
         raise RunDirError(f"{ckpt.path} was written with optim.zero_stage={saved}, and this run has {zero}; "
                           "resume with the original stage, or start a new run directory")
+    saved_world = (ckpt.state.get("run") or {}).get("world_size", world)
+    if zero > 0 and saved_world != world:  # each rank's optimizer shard is its slice of the world's
+        raise RunDirError(f"{ckpt.path} holds the ZeRO-{zero} optimizer shards of {saved_world} rank(s), and this run has "
+                          f"{world}; resume with {saved_world} rank(s), or start a new run directory")
     for rank in range(world) if zero > 0 else [0]:
         f = ckpt.path / f"optimizer-rank{rank}.json"
         if not f.is_file():

@@ -23,7 +23,10 @@ def sweep_identity(args, space: dict, base: dict, shards) -> dict:
     return json.loads(json.dumps({
         "shards": str(shards), "space": space, "seed": args.seed, "num_samples": args.num_samples,
         "scheduler": args.scheduler, "grace_period": args.grace_period, "metric": args.metric,
-        "val_per_class": args.val_per_class, "training": base,
+        "val_per_class": args.val_per_class,
+        # Every trial gets its own out and resume=latest (trial_config): the driver's defaults, which
+        # depend on the directory it was started from, shape nothing.
+        "training": {k: v for k, v in base.items() if k not in ("out", "resume")},
     }))
 
 
@@ -41,7 +44,8 @@ def first_difference(old, new, path: str = ""):
 
 
 def _is_started(out: Path) -> bool:
-    return (out / RECORD).exists() or (out / "runs").is_dir()
+    """A trial has run there (a driver that stopped before any trial, say at the hold-out, can be rerun)."""
+    return (out / "runs").is_dir()
 
 
 def claim_identity(out: Path, identity: dict, resume: bool) -> dict:
