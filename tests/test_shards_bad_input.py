@@ -133,12 +133,18 @@ def test_empty_split(release, tmp_path):
     assert not (out / "val-shards.parquet").exists()
 
 
-def test_list_file_problems(tmp_path):
+def list_dataset(tmp_path: Path, images: int) -> Path:
+    """names.txt with classes a_cls, b_cls and `images` JPEGs under img/a/; returns img/."""
     (tmp_path / "names.txt").write_text("a_cls a_cls\nb_cls b_cls\n")
     img = tmp_path / "img"
     (img / "a").mkdir(parents=True)
-    for i in range(3):
+    for i in range(images):
         (img / "a" / f"{i}.jpg").write_bytes(tiny_jpegs(1, 8)[0])
+    return img
+
+
+def test_list_file_problems(tmp_path):
+    img = list_dataset(tmp_path, 3)
     (tmp_path / "list.txt").write_text(
         "a/0.jpg 0\n"
         "a/1.jpg 1\n"
@@ -162,11 +168,7 @@ def test_list_file_problems(tmp_path):
 
 
 def test_list_file_labels_are_ascii_integers_and_a_non_utf8_file_is_named_with_its_line(tmp_path):
-    (tmp_path / "names.txt").write_text("a_cls a_cls\nb_cls b_cls\n")
-    img = tmp_path / "img"
-    (img / "a").mkdir(parents=True)
-    for i in range(4):
-        (img / "a" / f"{i}.jpg").write_bytes(tiny_jpegs(1, 8)[0])
+    img = list_dataset(tmp_path, 4)
     (tmp_path / "list.txt").write_text("a/0.jpg 0\na/1.jpg --1\na/2.jpg \u00b2\na/3.jpg \u0661\n", encoding="utf-8")
     out = tmp_path / "out"
     with pytest.raises(DataError, match=r"3 bad item\(s\)"):  # '²' and '١' pass str.isdigit(); '--1' passed lstrip('-')
