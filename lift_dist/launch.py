@@ -15,6 +15,7 @@ of a shard split instead (lift_dist.predict): the same tasks, each predicting it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -32,7 +33,7 @@ from lift_dist.data.manifest import read_manifest
 from lift_dist.engine.launcher_env import slurm_master_port
 from lift_dist.engine.preflight import check_batch, check_files, check_run_dir, read_data, run_signature
 from lift_dist.errors import SECONDARY, ConfigError, LiftError, one_line
-from lift_dist.run_dir import RunDir, launch_id
+from lift_dist.run_dir import RunDir, launch_id, write_json
 from lift_dist.train import config_from_args
 
 FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -49,13 +50,43 @@ def set_rank_environment() -> None:
     )
 
 
-class TrainTask:
+class Task:
+    """What every submitted task shares: it runs `run()` and leaves how it ended in a small JSON file in
+    the job folder (`outcome_file`). `launch --wait` reads those, never submitit's pickled result: the
+    job folder could have been handed over, and nothing read back is unpickled."""
+
+    def __call__(self):
+        env = submitit.JobEnvironment()
+        outcome = outcome_file(env.paths.folder, env.job_id, env.global_rank)
+        try:
+            result = self.run()
+        except Exception as e:  # recorded, then raised as before (submitit and Slurm see the failure)
+            write_json(outcome, {"ok": False, "error": task_error_line(e)})
+            raise
+        write_json(outcome, {"ok": True})
+        return result
+
+    def run(self):
+        raise NotImplementedError
+
+
+def outcome_file(folder, job_id, rank: int) -> Path:
+    return Path(folder) / f"{job_id}_{rank}_outcome.json"
+
+
+def task_error_line(e: BaseException) -> str:
+    if isinstance(e, LiftError):
+        return f"lift-dist train: {getattr(e, 'label', 'error')}: {one_line(e)}"
+    return f"{type(e).__name__}: {one_line(e)}"
+
+
+class TrainTask(Task):
     """The picklable callable submitit runs on every task: train from a resolved config file."""
 
     def __init__(self, config_file: str):
         self.config_file = str(config_file)
 
-    def __call__(self) -> dict:
+    def run(self) -> dict:
         # The trainer (DeepSpeed, open_clip) is imported by the task that trains, not by every process
         # that submits or follows jobs (a sweep's trial actors import this module).
         from lift_dist.engine.trainer import train  # noqa: PLC0415  (seconds of imports, needed only here)
@@ -64,7 +95,7 @@ class TrainTask:
         try:
             return train(load_config(config_file=self.config_file))
         except LiftError as e:  # the one line `lift-dist train` prints, where `launch --wait` finds it
-            print(f"lift-dist train: {getattr(e, 'label', 'error')}: {one_line(e)}", file=sys.stderr, flush=True)
+            print(task_error_line(e), file=sys.stderr, flush=True)
             raise
 
     def checkpoint(self):
@@ -72,13 +103,13 @@ class TrainTask:
         return submitit.helpers.DelayedSubmission(TrainTask(self.config_file))
 
 
-class PredictTask:
+class PredictTask(Task):
     """Every task runs `lift-dist predict ARGS` on its share of the shards (rank 0 writes the file)."""
 
     def __init__(self, predict_argv: list[str]):
         self.predict_argv = list(predict_argv)
 
-    def __call__(self) -> int:
+    def run(self) -> int:
         set_rank_environment()
         code = cli.main(["predict", *self.predict_argv])  # a user error is printed as its one line
         if code:
@@ -230,24 +261,40 @@ def start(args, task) -> int:
 
 
 def follow(job, local: bool) -> int:
+    """Print rank 0's log as it grows; at the end, how the job ended: from Slurm's state (a local job
+    has none), the tasks' error lines and their outcome files."""
     printed = 0
     while not job.done():
         printed = _tail(job.paths.stdout, printed)
         time.sleep(2)
     _tail(job.paths.stdout, printed)
     state = "FINISHED" if local else final_state(job)
-    error = first_task_error(job)
+    error = first_task_error(job) or outcome_error(job)
     if error is None and state in ("COMPLETED", "FINISHED"):
-        try:
-            job.results()
-        except Exception as e:  # the job's own error, as submitit reports it
-            error = str(e).strip().splitlines()[-1] if str(e).strip() else repr(e)
-        else:
-            print(f"job {job.job_id} finished successfully")
-            return 0
+        print(f"job {job.job_id} finished successfully")
+        return 0
     print(f"job {job.job_id} ended in state {state}: {error or 'no error line in the task logs; see ' + str(job.paths.stderr)}",
           file=sys.stderr)
     return 1
+
+
+def outcome_error(job) -> str | None:
+    """The first task whose outcome file records an error, is missing (the task was killed before its
+    end) or is not an outcome; None when every task recorded success."""
+    for t in range(job.num_tasks):
+        path = outcome_file(job.paths.folder, job.job_id, t)
+        try:
+            outcome = json.loads(path.read_text())
+        except FileNotFoundError:
+            return (f"rank {t} recorded no outcome ({path} is missing: the task was stopped before it finished; "
+                    f"see {job.task(t).paths.stderr})")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            return f"rank {t}'s outcome file {path} is not readable JSON: {e}"
+        if not isinstance(outcome, dict) or not isinstance(outcome.get("ok"), bool):
+            return f"rank {t}'s outcome file {path} is not an outcome record (expected {{\"ok\": true|false, ...}})"
+        if not outcome["ok"]:
+            return f"rank {t}: {outcome.get('error')}"
+    return None
 
 
 def final_state(job, timeout_s: float = 120) -> str:

@@ -3,16 +3,21 @@ local executor."""
 
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import cloudpickle
 import pytest
+import submitit
 from support.data import damaged_copy
 from support.runs import REPO, last_line, run_env, run_in_process
 
 from lift_dist.config import load_config
+from lift_dist.launch import Task, follow, outcome_file
 
 LAUNCH = [sys.executable, str(REPO / "launch" / "slurm.py")]
 TRAIN = ["--model", "tiny", "--device", "cpu", "--workers", "1", "--batch-size", "16", "--set", "model.pretrained=null",
@@ -181,3 +186,59 @@ def test_local_executor_runs_the_same_path(demo_shards, tmp_path):
                "--set", "data.tte=false")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["world_size"] == 2
+
+
+class Succeeds(Task):
+    def run(self):
+        return 7
+
+
+class Fails(Task):
+    def run(self):
+        raise ValueError("bad\nvalue")
+
+
+class RunsCodeWhenUnpickled:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def local_job(tmp_path, task):
+    """`task` on two tasks of submitit's local executor, finished (the test module's classes travel by value)."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs" / "%j")
+    executor.update_parameters(nodes=1, tasks_per_node=2, timeout_min=5)
+    job = executor.submit(task)
+    deadline = time.time() + 120
+    while not job.done() and time.time() < deadline:
+        time.sleep(0.2)
+    return job
+
+
+def test_wait_reads_each_tasks_outcome_file_never_the_pickled_result(tmp_path, capsys):
+    job = local_job(tmp_path, Succeeds())
+    assert [json.loads(outcome_file(job.paths.folder, job.job_id, t).read_text()) for t in range(2)] == [{"ok": True}] * 2
+    # The job folder was handed over: its result pickles now run code when loaded.
+    marker = tmp_path / "unpickled"
+    for t in range(2):
+        job.task(t).paths.result_pickle.write_bytes(pickle.dumps(RunsCodeWhenUnpickled(marker)))
+    assert follow(job, local=True) == 0 and "finished successfully" in capsys.readouterr().out
+    assert not marker.exists()
+
+    outcome = outcome_file(job.paths.folder, job.job_id, 1)
+    outcome.write_text("[true]")
+    assert follow(job, local=True) == 1
+    assert f"rank 1's outcome file {outcome} is not an outcome record" in capsys.readouterr().err
+    outcome.unlink()
+    assert follow(job, local=True) == 1
+    assert f"rank 1 recorded no outcome ({outcome} is missing" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_wait_names_a_tasks_recorded_error(tmp_path, capsys):
+    job = local_job(tmp_path, Fails())
+    assert follow(job, local=True) == 1
+    assert "ended in state FINISHED: rank 0: ValueError: bad value" in capsys.readouterr().err
