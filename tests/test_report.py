@@ -14,6 +14,7 @@ from support.runs import run_torchrun
 from lift_dist import report
 from lift_dist.commands import report as report_command
 from lift_dist.errors import DataError
+from lift_dist.report import format as report_format
 
 pytestmark = pytest.mark.slow  # every test here reads a trained run (real training processes)
 
@@ -109,6 +110,12 @@ def test_bad_run_dir(tmp_path, two_runs):
     (empty / "metrics.json").write_text("{not json")
     with pytest.raises(DataError, match="metrics"):
         report.write_report([empty], tmp_path / "out")
+
+
+def test_values_that_are_no_finite_number_read_as_na():
+    assert [report_format.num(v) for v in ("0.5", 0.25, "high", float("inf"), "-inf", [1], True)] == [0.5, 0.25] + [None] * 5
+    assert report_format.integer(float("inf")) == "n/a" and report_format.seconds("1e999") == "n/a"
+    assert report_format.pct("nan") == "n/a" and report_format.pct(0.5) == "50.00"
 
 
 def test_missing_groups_and_files_render_na(tmp_path, two_runs):

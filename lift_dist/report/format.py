@@ -11,14 +11,15 @@ MODE_LABELS = {"no_tte": "without TTE", "tte": "with TTE"}
 
 
 def num(v) -> float | None:
-    """A metric as a float, or None for null / NaN / missing (an empty group)."""
+    """A metric as a float, or None for null / NaN / missing (an empty group) and for what is no finite
+    number (a string, infinity: a damaged or hand-edited file shows n/a, not a traceback)."""
     if v is None or isinstance(v, bool):
         return None
     try:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return None if math.isnan(f) else f
+    return f if math.isfinite(f) else None
 
 
 def pct(v) -> str:
