@@ -14,18 +14,22 @@ import tarfile
 import time
 from pathlib import Path
 
+import cloudpickle
 import pyarrow.parquet as pq
 import pytest
+import submitit
 import yaml
 from support.runs import REPO, run_env, run_in_process
 
 from lift_dist.commands import sweep as sweep_command
 from lift_dist.config import load_config
 from lift_dist.errors import ConfigError, DataError
+from lift_dist.run_dir import RunDir
 from lift_dist.sweep import driver
 from lift_dist.sweep.holdout import make_holdout
 from lift_dist.sweep.identity import claim_identity, sweep_identity
 from lift_dist.sweep.space import SIZE_DIMENSIONS, load_space, size_dimension, used_params
+from lift_dist.sweep.trial import SlurmBackend
 
 SWEEP = [sys.executable, str(REPO / "tune" / "sweep.py")]
 TINY = ["--set", "model.name=tiny", "--set", "model.pretrained=null", "--set", "device=cpu", "--set", "data.workers=1",
@@ -285,3 +289,39 @@ def test_a_shard_label_outside_the_class_table_is_named_by_the_hold_out(demo_sha
     key = first.name.removesuffix(".cls")
     with pytest.raises(DataError, match=re.escape(f"sample '{key}' in {shard}: cls {cls!r} is not a label 0..9")):
         make_holdout(shards, tmp_path / "sweep" / "data", "train", 2, 0)
+
+
+def _rank_one_fails(seconds: float) -> None:
+    """A 2-task job payload: rank 1 stops with a lift-dist error line, rank 0 ends a little later."""
+    rank = submitit.JobEnvironment().global_rank
+    time.sleep(seconds)
+    if rank == 1:
+        print("lift-dist train: error: rank one broke", file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    time.sleep(seconds)
+
+
+@pytest.mark.slow
+def test_a_reattached_trial_job_is_judged_by_every_tasks_log(slurm_cluster, tmp_path):
+    # The driver died while its trial's 2-task job ran; the next driver takes the job over from the record.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable by the job
+    run = RunDir(tmp_path / "trial-0")
+    run.create()
+    folder = run.path / "slurm-%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    executor.update_parameters(slurm_partition=slurm_cluster.partition, timeout_min=5, cpus_per_task=1, nodes=2,
+                               tasks_per_node=1)
+    job = executor.submit(_rank_one_fails, 4)
+    deadline = time.time() + 60
+    while str(job.state).split(" ")[0] != "RUNNING":  # known to sacct: a job it does not know is not taken over
+        assert time.time() < deadline, job.state
+        time.sleep(0.5)
+    (run.path / "slurm-job.json").write_text(json.dumps({"job_id": job.job_id, "folder": str(folder), "tasks": 2}))
+    backend = SlurmBackend(run, [])
+    backend.start(run.path / "unused.yaml")
+    assert backend.job is not None and backend.job.num_tasks == 2
+    deadline = time.time() + 120
+    while backend.running():
+        assert time.time() < deadline
+        time.sleep(0.5)
+    assert f"Slurm job {job.job_id} ended FAILED: rank 1: lift-dist train: error: rank one broke" in backend.failure()

@@ -86,6 +86,9 @@ class LocalBackend:
                 self.proc.kill()
 
 
+MAX_TASKS = 100_000  # a job record naming more tasks is not one this backend wrote
+
+
 class SlurmBackend:
     """The trial's training as a Slurm job through the launcher."""
 
@@ -102,7 +105,7 @@ class SlurmBackend:
         args = p.parse_args([*self.launch_args, "--folder", folder])
         self.job = make_executor(args).submit(TrainTask(str(config_file)))  # the task resumes itself
         self.run.create()
-        write_json(self.record, {"job_id": str(self.job.job_id), "folder": folder})
+        write_json(self.record, {"job_id": str(self.job.job_id), "folder": folder, "tasks": self.job.num_tasks})
 
     def _reattach(self) -> bool:
         """A restored or retried trial takes over its job if that still runs (the driver died, the job did
@@ -111,12 +114,15 @@ class SlurmBackend:
             return False
         try:
             rec = json.loads(self.record.read_text())
-            folder, job_id = Path(rec["folder"]), str(rec["job_id"])
-        except (OSError, ValueError, KeyError, TypeError):
+            folder, job_id, tasks = Path(rec["folder"]), str(rec["job_id"]), rec.get("tasks", 1)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False  # not a record this backend wrote: submit afresh
         if not job_id.isdigit() or not folder.resolve().is_relative_to(self.run.path.resolve()):
             return False
-        job = submitit.SlurmJob(folder=str(folder), job_id=job_id)
+        if type(tasks) is not int or not 1 <= tasks <= MAX_TASKS:
+            return False
+        # Every task of the job, as submitted: a failure is then read from each task's log, not task 0's alone.
+        job = submitit.SlurmJob(folder=str(folder), job_id=job_id, tasks=range(tasks))
         state = str(job.state).split(" ")[0]  # e.g. "CANCELLED by 0"
         if state not in FINAL_STATES and state != "UNKNOWN":
             self.job = job
